@@ -1,6 +1,7 @@
 # lmforge: set-up, quickstart and tests. Every target creates what is missing.
 #   make quickstart   venv + install + fine-tune tiny-llama on the bundled data + evaluate
-#   make test         venv + install + the whole test suite
+#   make test         venv + install + the whole test suite, then its modeling/PEFT/generation/serving
+#                     tests again in .venv-latest (the newest transformers/peft/accelerate our ranges allow)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -8,7 +9,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.lmforge-installed
 PLUGINS := $(sort $(wildcard llm_plugins_*/pyproject.toml))
 
-.PHONY: setup quickstart test test-fast clean
+.PHONY: setup setup-latest quickstart test test-latest test-fast clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,12 +24,35 @@ $(STAMP): $(PY) pyproject.toml constraints.txt $(PLUGINS)
 
 setup: $(STAMP)
 
+# A second environment with the newest releases the declared ranges allow (no constraints file),
+# so a dependency that renames an argument inside our range breaks CI, not users.
+LATEST    := .venv-latest
+LPY       := $(LATEST)/bin/python
+LSTAMP    := $(LATEST)/.lmforge-installed
+$(LPY):
+	$(PYTHON) -m venv $(LATEST)
+	$(LPY) -m pip install --quiet --upgrade pip
+
+$(LSTAMP): $(LPY) pyproject.toml $(PLUGINS)
+	$(LPY) -m pip install --quiet torch==2.13.0
+	$(LPY) -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[train,quant,test]" transformers peft accelerate bitsandbytes
+	for p in $(dir $(PLUGINS)); do $(LPY) -m pip install --quiet -e ./$$p || exit 1; done
+	touch $(LSTAMP)
+
+setup-latest: $(LSTAMP)
+
 quickstart: setup
 	$(VENV)/bin/lmforge train examples/quickstart.yaml
 	$(PY) examples/evaluate.py runs/quickstart
 
-test: setup
+test: setup setup-latest
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory test-latest
+
+# modeling, PEFT, generation and serving tests against the newest allowed transformers/peft/accelerate
+test-latest: setup-latest
+	$(LPY) -c "import transformers, peft, accelerate; print('newest allowed: transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)"
+	$(LPY) -m pytest -q -m "latest"
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

@@ -21,6 +21,8 @@ from lmforge_testing import torch_threads, write_comparison_task
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
+pytestmark = pytest.mark.latest  # also run by `make test-latest` (newest transformers/peft)
+
 LAYERS = range(4)  # tiny-llama
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")

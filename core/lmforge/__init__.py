@@ -30,12 +30,15 @@ _LAZY = {
     "FineTune": "lmforge.api:FineTune",
     "Completion": "lmforge.generation:Completion",
     "GenerationResult": "lmforge.generation:GenerationResult",
+    "SamplingParams": "lmforge.generation:SamplingParams",
+    "RemoteCompletion": "lmforge.remote:RemoteCompletion",
     "load": "lmforge.modeling:load",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from .api import FineTune
-    from .generation import Completion, GenerationResult
+    from .generation import Completion, GenerationResult, SamplingParams
+    from .remote import RemoteCompletion
     from .modeling import load
 
 

@@ -17,6 +17,7 @@ import torch
 from transformers import BloomForCausalLM as _TransformersBloomForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithCrossAttentions
 from transformers.models.bloom.modeling_bloom import build_alibi_tensor
+from lmforge.hfcompat import take_cache, cache_kwarg
 
 
 def alibi_slopes(num_heads: int, device=None) -> torch.Tensor:
@@ -51,10 +52,11 @@ class BloomForCausalLM(_TransformersBloomForCausalLM):
     def forward(self, input_ids=None, past_key_values=None, attention_mask=None, inputs_embeds=None,
                 labels=None, use_cache=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None, logits_to_keep=0, position_ids=None, **kwargs):
+        past_key_values = take_cache(past_key_values, kwargs)
         if position_ids is not None and attention_mask is None and past_key_values is None:
             return self._packed_forward(input_ids, inputs_embeds, position_ids, labels, **kwargs)
         return super().forward(
-            input_ids=input_ids, past_key_values=past_key_values, attention_mask=attention_mask,
+            input_ids=input_ids, attention_mask=attention_mask, **{cache_kwarg(): past_key_values},
             inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
             return_dict=return_dict, logits_to_keep=logits_to_keep, **kwargs,

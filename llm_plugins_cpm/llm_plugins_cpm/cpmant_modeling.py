@@ -24,6 +24,7 @@ from transformers import CpmAntForCausalLM as _TransformersCpmAntForCausalLM
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
+from lmforge.hfcompat import take_cache
 
 IGNORE_INDEX = -100
 
@@ -34,6 +35,7 @@ class CpmAntForCausalLM(_TransformersCpmAntForCausalLM):
     def forward(self, input_ids=None, past_key_values=None, use_cache=None, output_attentions=None,
                 output_hidden_states=None, labels=None, return_dict=None, attention_mask=None,
                 logits_to_keep=0, **kwargs):
+        past_key_values = take_cache(past_key_values, kwargs)
         hidden, past_key_values = self._decode(input_ids, attention_mask, labels, past_key_values, use_cache)
         logits = self.lm_head(slice_logits_to_keep(hidden, logits_to_keep))
         loss = None

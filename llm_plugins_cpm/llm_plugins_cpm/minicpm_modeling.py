@@ -31,6 +31,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRotaryEmbedding
+from lmforge.hfcompat import take_cache, cache_kwarg
 
 ARCHITECTURE = "MiniCPMForCausalLM"
 
@@ -89,9 +90,9 @@ class MiniCPMDecoderLayer(GradientCheckpointingLayer):
             hidden_states=self.input_layernorm(hidden_states),
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
             position_embeddings=position_embeddings,
+            **{cache_kwarg(): past_key_values},
             **kwargs,
         )
         hidden_states = residual + attn_out * self.residual_scale
@@ -135,6 +136,7 @@ class MiniCPMModel(MiniCPMPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, use_cache=None, output_hidden_states=None, **kwargs) -> BaseModelOutputWithPast:
+        past_key_values = take_cache(past_key_values, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -153,8 +155,8 @@ class MiniCPMModel(MiniCPMPreTrainedModel):
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
             position_ids=position_ids,
+            **{cache_kwarg(): past_key_values},
         )
         hidden = inputs_embeds
         position_embeddings = self.rotary_emb(hidden, position_ids=position_ids)
@@ -201,6 +203,7 @@ class MiniCPMForCausalLM(MiniCPMPreTrainedModel, GenerationMixin):
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, output_hidden_states=None,
                 logits_to_keep=0, return_dict=None, **kwargs) -> CausalLMOutputWithPast:
+        past_key_values = take_cache(past_key_values, kwargs)
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,

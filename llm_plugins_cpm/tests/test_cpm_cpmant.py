@@ -8,6 +8,8 @@ import torch
 from lmforge.errors import CapabilityError
 from lmforge.modeling import LoadOptions, load_model, resolve_model
 
+pytestmark = pytest.mark.latest  # also run by `make test-latest` (newest transformers/peft)
+
 
 @pytest.fixture(scope="module")
 def tiny():

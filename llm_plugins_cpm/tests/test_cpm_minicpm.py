@@ -14,6 +14,8 @@ import torch
 from lmforge.descriptors import SUPPORTED
 from lmforge.modeling import LoadOptions, load_model, resolve_model, save_model
 
+pytestmark = pytest.mark.latest  # also run by `make test-latest` (newest transformers/peft)
+
 
 def _registry():
     from lmforge.plugins import get_registry

@@ -39,6 +39,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .configuration import ChatGLMConfig
 from .modeling_common import (GLMGenerationMixin, allowed_attention, as_cache, attach_cache, block_layout,
                               cache_length, causal_lm_loss, split_padding_mask)
+from lmforge.hfcompat import take_cache
 
 RELEASED_NUM_LAYERS_FOR_ALPHA = 28
 
@@ -210,6 +211,7 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
 
     def forward(self, input_ids=None, position_ids=None, attention_mask=None, past_key_values=None,
                 inputs_embeds=None, use_cache=None, output_hidden_states=None, **kwargs):
+        past_key_values = take_cache(past_key_values, kwargs)
         use_cache = use_cache if use_cache is not None else self.config.use_cache
         if inputs_embeds is None:
             inputs_embeds = self.word_embeddings(input_ids)
@@ -293,6 +295,7 @@ class ChatGLMForConditionalGeneration(GLMGenerationMixin, ChatGLMPreTrainedModel
     def forward(self, input_ids=None, position_ids=None, attention_mask=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, output_hidden_states=None, return_dict=None,
                 logits_to_keep: int = 0, **kwargs):
+        past_key_values = take_cache(past_key_values, kwargs)
         out = self.transformer(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
                                past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
                                output_hidden_states=output_hidden_states)

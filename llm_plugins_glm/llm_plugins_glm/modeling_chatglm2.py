@@ -33,6 +33,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .configuration import ChatGLM2Config
 from .modeling_common import (GLMGenerationMixin, allowed_attention, as_cache, attach_cache, cache_length,
                               causal_lm_loss, causal_positions, split_padding_mask)
+from lmforge.hfcompat import take_cache
 
 
 class RMSNorm(nn.Module):
@@ -251,6 +252,7 @@ class ChatGLM2Model(ChatGLM2PreTrainedModel):
     def forward(self, input_ids=None, position_ids=None, attention_mask=None, full_attention_mask=None,
                 past_key_values=None, inputs_embeds=None, use_cache=None, output_hidden_states=None,
                 return_dict=None, **kwargs):
+        past_key_values = take_cache(past_key_values, kwargs)
         use_cache = use_cache if use_cache is not None else self.config.use_cache
         if inputs_embeds is None:
             inputs_embeds = self.embedding(input_ids)
@@ -325,6 +327,7 @@ class ChatGLM2ForConditionalGeneration(GLMGenerationMixin, ChatGLM2PreTrainedMod
     def forward(self, input_ids=None, position_ids=None, attention_mask=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, output_hidden_states=None, return_dict=None,
                 logits_to_keep: int = 0, return_last_logit: bool = False, full_attention_mask=None, **kwargs):
+        past_key_values = take_cache(past_key_values, kwargs)
         out = self.transformer(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
                                full_attention_mask=full_attention_mask, past_key_values=past_key_values,
                                inputs_embeds=inputs_embeds, use_cache=use_cache,

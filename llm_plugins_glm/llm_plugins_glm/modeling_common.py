@@ -197,8 +197,11 @@ class GLMGenerationMixin:
     def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, past_key_values=None,
                                       attention_mask=None, inputs_embeds=None, position_ids=None,
                                       use_cache=None, **kwargs):
+        from lmforge.hfcompat import cache_kwarg, take_cache
+
         kwargs.pop("is_first_iteration", None)
         kwargs.pop("cache_position", None)
+        past_key_values = take_cache(past_key_values, kwargs)
         pad = attention_mask
         if pad is not None and pad.dim() == 2 and pad.shape[1] != input_ids.shape[1]:
             pad = pad[:, -input_ids.shape[1]:]
@@ -212,7 +215,7 @@ class GLMGenerationMixin:
         model_inputs = {
             "input_ids": input_ids[:, -n:].contiguous(),
             "position_ids": full[..., -n:].contiguous(),
-            "past_key_values": past_key_values,
+            cache_kwarg(): past_key_values,
             "attention_mask": attention_mask,
             "use_cache": use_cache,
         }

@@ -42,6 +42,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .configuration import GLMConfig
 from .modeling_common import (GLMGenerationMixin, allowed_attention, as_cache, attach_cache, block_layout,
                               cache_length, causal_lm_loss, split_padding_mask)
+from lmforge.hfcompat import take_cache
 
 LAYERNORM_EPS = 1e-5
 
@@ -179,6 +180,7 @@ class GLMModel(GLMPreTrainedModel):
 
     def forward(self, input_ids=None, position_ids=None, attention_mask=None, past_key_values=None,
                 inputs_embeds=None, use_cache=None, output_hidden_states=None, **kwargs):
+        past_key_values = take_cache(past_key_values, kwargs)
         use_cache = use_cache if use_cache is not None else self.config.use_cache
         if inputs_embeds is None:
             inputs_embeds = self.word_embeddings(input_ids)
@@ -231,6 +233,7 @@ class GLMForConditionalGeneration(GLMGenerationMixin, GLMPreTrainedModel, Genera
     def forward(self, input_ids=None, position_ids=None, attention_mask=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, output_hidden_states=None, return_dict=None,
                 logits_to_keep: int = 0, mems=None, **kwargs):
+        past_key_values = take_cache(past_key_values, kwargs)
         out = self.glm(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
                        past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
                        output_hidden_states=output_hidden_states)

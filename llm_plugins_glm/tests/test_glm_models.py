@@ -19,6 +19,8 @@ from llm_plugins_glm.convert import native_glm_config, to_native_state_dict
 from llm_plugins_glm.loader import DATA
 from llm_plugins_glm.plugin import detect_variant
 
+pytestmark = pytest.mark.latest  # also run by `make test-latest` (newest transformers/peft)
+
 POISON = 'raise RuntimeError("lmforge executed code from the checkpoint directory")\n'
 AUTO_MAP = {"AutoConfig": "configuration_chatglm.ChatGLMConfig",
             "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration",

@@ -13,6 +13,8 @@ import torch
 import lmforge
 from glm_testing import PRESET, PROMPTS, VARIANTS, encoder_for, generate_ids, load_preset
 
+pytestmark = pytest.mark.latest  # also run by `make test-latest` (newest transformers/peft)
+
 METHODS = {"full": dict(lr=3e-3), "lora": dict(lr=2e-2, peft_options={"r": 8, "dropout": 0.0}),
            "prefix": dict(lr=1e-1, peft_options={"num_virtual_tokens": 4})}
 PROBE = "What is 2 plus 3?"

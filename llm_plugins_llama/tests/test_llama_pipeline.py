@@ -14,6 +14,8 @@ import torch
 from lmforge import Completion, FineTune
 from lmforge.config import load_yaml
 
+pytestmark = pytest.mark.latest  # also run by `make test-latest` (newest transformers/peft)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(ROOT, "examples", "data", "train.jsonl")
 VALID = os.path.join(ROOT, "examples", "data", "valid.jsonl")

@@ -31,7 +31,9 @@ def load_peft_adapter(base_model, run_dir: str, options: dict):
     """Rebuild a trained peft model from ``run_dir`` (``adapter_config.json`` + safetensors)."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(base_model, run_dir, is_trainable=False)
+    from lmforge.hfcompat import peft_prompt_learning_compat
+
+    return peft_prompt_learning_compat(PeftModel.from_pretrained(base_model, run_dir, is_trainable=False))
 
 
 def merge_peft(model):

@@ -5,14 +5,14 @@ peft hands the prefixes to the model as ``past_key_values`` (a transformers
 reads past key/values in the standard way. A family whose attention does not
 (GLM's own cache layouts, ALiBi variants ...) declares ``prefix`` unsupported in
 its capability map and the job is refused before loading; :func:`apply` also
-refuses a model whose ``forward`` takes no ``past_key_values``.
+refuses a model whose ``forward`` takes no KV cache (``past_key_values``, or
+``cache`` from transformers 5.24 on).
 """
 
 from __future__ import annotations
 
-import inspect
-
 from lmforge.errors import CapabilityError
+from lmforge.hfcompat import forward_takes_cache
 
 from .prompt import check_virtual_tokens
 from .ptuning import prompt_encoder_state_callback
@@ -22,8 +22,7 @@ def apply(model, options, ctx):
     from peft import PrefixTuningConfig, get_peft_model
 
     check_virtual_tokens(options, ctx)
-    params = inspect.signature(model.forward).parameters
-    if "past_key_values" not in params:
+    if not forward_takes_cache(model.forward):
         raise CapabilityError(
             f"peft.method: prefix tuning passes the prefixes as past_key_values, which "
             f"{type(model).__name__}.forward does not take"

@@ -58,7 +58,8 @@ def generate_rows_unpadded(model):
     tokens and the prompt and shifts the prompt's positions: a padded row would
     generate something else than the same prompt alone. Rows are generated one
     at a time and re-assembled into the usual ``[padding, prompt, new tokens,
-    pad...]`` layout. Returns ``model``.
+    pad...]`` layout. Returns ``model``; ``model.lmforge_generate_unpadded`` tells
+    :class:`~lmforge.generation.Completion` to batch only prompts of equal length.
     """
     import torch
 
@@ -88,4 +89,5 @@ def generate_rows_unpadded(model):
         return result
 
     model.generate = generate
+    model.lmforge_generate_unpadded = True
     return model
