@@ -140,6 +140,7 @@ class Batcher:
         self._stopping = False
         self.batches_run = 0
         self.rows_run = 0
+        self.rows_cancelled = 0  # rows ended early because their client went away
         self._thread = threading.Thread(target=self._loop, name="lmforge-batcher", daemon=True)
         self._thread.start()
 
@@ -232,6 +233,7 @@ class Batcher:
                     self._running = []
             self.batches_run += 1
             self.rows_run += sum(job.rows for job in batch)
+            self.rows_cancelled += sum(r.finish_reasons.count("cancelled") for r in results if r is not None)
             for job, result in zip(batch, results):
                 try:
                     job.on_done(result, error)

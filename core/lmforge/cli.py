@@ -15,21 +15,8 @@ import sys
 import click
 
 from . import __version__
-from .errors import LmforgeError
-
-
-def user_errors(fn):
-    """Turn :class:`LmforgeError` into ``error: ...`` on stderr and exit status 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except LmforgeError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-
-    return wrapper
+from .cli_inference import COMMANDS as INFERENCE_COMMANDS
+from .errors import LmforgeError, user_errors  # noqa: F401  (plugins import user_errors from here)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -212,6 +199,10 @@ def generate_cmd(model, prompts, adapter, max_new_tokens, temperature, top_p, se
         if len(prompts) > 1:
             click.echo(f">>> {p}")
         click.echo(r.text)
+
+
+for _command in INFERENCE_COMMANDS:
+    cli.add_command(_command)
 
 
 def build_cli() -> click.Group:

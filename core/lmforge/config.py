@@ -51,6 +51,13 @@ SCHEMA: dict[str, Any] = {
     "trust_remote_code": Key(bool, False, "allow executing Python files shipped in the checkpoint directory"),
     "packing": Key(bool, False, "pack several examples into each max_length row, without cross-example attention "
                    "(see docs/packing.md)"),
+    "eval_with_generation": Key(bool, False, "at every evaluation also generate answers for validation prompts "
+                                "and log exact match, BLEU-4 and ROUGE (see docs/inference.md)"),
+    "eval_generation": {
+        "max_new_tokens": Key(int, 64, "tokens generated per validation prompt"),
+        "max_examples": Key(int, 64, "validation examples scored per evaluation"),
+        "batch_size": Key(int, 8, "prompts per generate call"),
+    },
     "data": {
         "train_file": Key((str, list), None, "training data: a file, a list of files, a directory, a glob or an "
                           "index directory (`lmforge data index`); required unless data.mix is set"),

@@ -42,3 +42,22 @@ def did_you_mean(name: str, candidates) -> str:
 
     match = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1, cutoff=0.6)
     return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def user_errors(fn):
+    """Turn :class:`LmforgeError` into one ``error: ...`` line on stderr and exit status 2 (for CLI commands)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LmforgeError as exc:
+            import sys
+
+            import click
+
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper

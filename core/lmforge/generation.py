@@ -158,6 +158,21 @@ class Completion:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device)
         self.model.eval()
+        self._setup()
+
+    @classmethod
+    def from_model(cls, model, tokenizer, family, *, template: str = "family") -> "Completion":
+        """Generate with a model already in memory (e.g. during training), without loading anything."""
+        from .encoding import make_encoder
+
+        self = cls.__new__(cls)
+        self.source, self.model, self.tokenizer, self.family = None, model, tokenizer, family
+        self.encoder = make_encoder(tokenizer, family, max_length=10**9, template=template)
+        self.device = next(model.parameters()).device
+        self._setup()
+        return self
+
+    def _setup(self) -> None:
         self.stop_ids = list(self.encoder.stop_token_ids())
         self.context_length = context_length(self.model.config)
         self._lock = threading.Lock()  # one generate call at a time on this model

@@ -23,6 +23,8 @@ import time
 import uuid
 from typing import Any
 
+from starlette.requests import Request as HttpRequest  # module level: FastAPI resolves annotations here
+
 from .batching import Batcher, Job, QueueFull, ServedModels, UnknownModel
 from .errors import ConfigError, LmforgeError
 from .generation import GenerationResult, Request, SamplingParams, as_messages
@@ -214,7 +216,7 @@ def _finish(reason: str) -> str:
 
 def build_app(server: Server, *, ui: bool = False):
     """The FastAPI application for ``server``."""
-    from fastapi import FastAPI, Request as HttpRequest
+    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -393,12 +395,24 @@ def load_server(model: str, *, adapters: dict[str, str] | None = None, served_mo
 
 def run_server(server: Server, host: str, port: int, *, ui: bool = False, log_level: str = "warning") -> None:
     """Serve until Ctrl-C / SIGTERM (uvicorn's signal handling), then stop the batcher."""
+    import signal
+    import threading
+
     import uvicorn
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
 
     app = build_app(server, ui=ui)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal it caught
+    # through the previous handler: make that a KeyboardInterrupt for SIGTERM too, and end quietly.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
     try:
         uvicorn.Server(config).run()
+    except KeyboardInterrupt:
+        pass
     finally:
         server.batcher.stop()
 

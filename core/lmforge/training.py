@@ -45,6 +45,9 @@ class TrainResult:
     tokenizer: Any = field(default=None, repr=False)
 
 
+GENERATION_METRIC_KEYS = ("eval_exact_match", "eval_bleu-4", "eval_rouge-1", "eval_rouge-2", "eval_rouge-l")
+
+
 def log(msg: str) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"[lmforge] {msg}", file=sys.stderr, flush=True)
@@ -196,6 +199,9 @@ def _trainer_classes():
             for key in ("loss", "learning_rate", "grad_norm", "eval_loss", "train_loss"):
                 if key in logs:
                     row["lr" if key == "learning_rate" else key] = logs[key]
+            for key in GENERATION_METRIC_KEYS:  # eval_with_generation
+                if key in logs:
+                    row[key] = logs[key]
             if "loss" in logs and self.last_time is not None:
                 dt = max(now - self.last_time, 1e-9)
                 row["tokens_per_second"] = round((tokens - self.last_tokens) / dt, 1)
@@ -342,6 +348,9 @@ def run_training(raw_cfg: Mapping, registry=None) -> TrainResult:
     validate_train_section(cfg)
     source = resolve_model(cfg["model"], family=cfg.get("family"), registry=reg)
     check_capabilities(cfg, source, reg)
+    from . import evalgen
+
+    evalgen.check(cfg)
     method = reg.peft_method(cfg["peft"]["method"])
     out_dir = cfg["output_dir"]
 
@@ -432,6 +441,10 @@ def run_training(raw_cfg: Mapping, registry=None) -> TrainResult:
         processing_class=tokenizer,
         callbacks=[JsonlLogCallback(log_path), *ctx.callbacks],
     )
+    generation_metrics = evalgen.callback(cfg, source.family, tokenizer, reg)
+    if generation_metrics is not None:
+        generation_metrics.trainer = trainer
+        trainer.add_callback(generation_metrics)
     resolved = resolved_run_config(cfg, source, reg)
     if is_main:
         _write_atomic(os.path.join(out_dir, RUN_CONFIG), to_yaml(resolved))
