@@ -2,8 +2,8 @@
 
 A worker thread owns the model. Requests wait in a bounded queue; as soon as the
 worker is free it takes every waiting request for the same served model (up to
-``max_batch_size`` sequences, after a short ``batch_wait_s`` to let a burst
-arrive) and runs them as one batch through :meth:`Completion.run`, which gives
+``max_batch_size`` sequences; it first lets a burst arrive: it waits while
+requests keep coming, until a ``batch_wait_s`` gap, at most ``max_wait_s``) and runs them as one batch through :meth:`Completion.run`, which gives
 each row its own sampling parameters, stop strings and length. Finished or
 cancelled rows end early; a request cancelled while still queued never runs.
 
@@ -125,7 +125,7 @@ class Batcher:
     """Runs queued requests in batches on a worker thread (module doc)."""
 
     def __init__(self, models: ServedModels, *, max_batch_size: int = 16, max_queue: int = 256,
-                 batch_wait_s: float = 0.005) -> None:
+                 batch_wait_s: float = 0.01, max_wait_s: float = 0.1) -> None:
         if max_batch_size < 1:
             raise LmforgeError(f"--max-batch-size: must be >= 1 (got {max_batch_size})")
         if max_queue < 1:
@@ -134,6 +134,7 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self.batch_wait_s = batch_wait_s
+        self.max_wait_s = max_wait_s
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
         self._running: list[Job] = []
@@ -182,8 +183,20 @@ class Batcher:
                 self._cond.wait()
             if self._stopping:
                 return []
-        if self.batch_wait_s:
-            time.sleep(self.batch_wait_s)  # let a burst of requests arrive
+        # let a burst arrive: keep waiting while requests keep coming (a gap of batch_wait_s ends the
+        # wait), at most max_wait_s after the first one, and not at all once a batch is full
+        start = time.monotonic()
+        while True:
+            with self._cond:
+                seen = len(self._queue)
+                if sum(job.rows for job in self._queue) >= self.max_batch_size or self._stopping:
+                    break
+                left = self.max_wait_s - (time.monotonic() - start)
+                if left <= 0:
+                    break
+                self._cond.wait(timeout=min(self.batch_wait_s, left))
+                if len(self._queue) == seen:
+                    break
         with self._cond:
             # drop requests whose client has gone before they ran
             alive = deque()

@@ -192,6 +192,42 @@ class Server:
         return requests, futures
 
 
+class _Deltas:
+    """Streamed text handed from the generation thread to the event loop, coalesced.
+
+    The generation thread appends; the loop is woken once per burst, not once
+    per token, and sends everything that arrived meanwhile as one chunk per
+    sequence. Under load a chunk may carry several tokens (as OpenAI's may);
+    without load it carries one.
+    """
+
+    def __init__(self, loop) -> None:
+        import threading
+
+        self.loop = loop
+        self.ready = asyncio.Event()
+        self._lock = threading.Lock()
+        self._items: list[tuple[int, str]] = []
+        self._woken = False
+
+    def put(self, index: int, text: str) -> None:  # generation thread
+        with self._lock:
+            self._items.append((index, text))
+            if self._woken:
+                return
+            self._woken = True
+        self.loop.call_soon_threadsafe(self.ready.set)
+
+    def take(self) -> list[tuple[int, str]]:  # event loop
+        with self._lock:
+            items, self._items, self._woken = self._items, [], False
+            self.ready.clear()
+        merged: dict[int, list[str]] = {}
+        for index, text in items:
+            merged.setdefault(index, []).append(text)
+        return [(index, "".join(parts)) for index, parts in merged.items()]
+
+
 def _resolve(fut: asyncio.Future, result, error) -> None:
     if fut.done():
         return
@@ -250,7 +286,8 @@ def build_app(server: Server, *, ui: bool = False):
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "queued": server.batcher.queued()}
+        b = server.batcher
+        return {"status": "ok", "queued": b.queued(), "batches": b.batches_run, "sequences": b.rows_run}
 
     @app.get("/v1/models")
     async def list_models(request: HttpRequest):
@@ -298,10 +335,10 @@ def build_app(server: Server, *, ui: bool = False):
             return {"id": rid, "object": kind, "created": created, "model": model, "choices": choices,
                     "usage": _usage(prompts, results)}
 
-        events: asyncio.Queue = asyncio.Queue()
+        deltas = _Deltas(loop)
 
         def on_delta(k, j, text):
-            loop.call_soon_threadsafe(events.put_nowait, (k * n + j, text))
+            deltas.put(k * n + j, text)
 
         requests, futures = server.submit(model, prompts, params, loop, on_delta=on_delta)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -327,16 +364,13 @@ def build_app(server: Server, *, ui: bool = False):
                         yield chunk(index, role=True, text="")
                 pending = set(futures)
                 while pending:
-                    getter = asyncio.ensure_future(events.get())
-                    done, _ = await asyncio.wait(pending | {getter}, return_when=asyncio.FIRST_COMPLETED)
-                    if getter in done:
-                        index, text = getter.result()
+                    waiter = asyncio.ensure_future(deltas.ready.wait())
+                    await asyncio.wait(pending | {waiter}, return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+                    for index, text in deltas.take():
                         yield chunk(index, text=text)
-                    else:
-                        getter.cancel()
                     pending = {f for f in pending if not f.done()}
-                while not events.empty():
-                    index, text = events.get_nowait()
+                for index, text in deltas.take():
                     yield chunk(index, text=text)
                 results = [f.result() for f in futures]
                 for k, res in enumerate(results):
