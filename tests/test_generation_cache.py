@@ -90,3 +90,14 @@ def test_presets_cover_every_family():
     reg = get_registry()
     families_with_tiny = {fam.name for fam in reg.families() if any(p.name.startswith("tiny-") for p in fam.presets)}
     assert {"llama", "glm", "chatglm", "chatglm2", "chatglm3", "glm4", "bloom", "cpmant", "minicpm", "minicpm3"} <= families_with_tiny
+
+
+@pytest.mark.parametrize("preset", tiny_presets())
+def test_batched_equals_one_by_one_and_stream_equals_generate(completions, preset):
+    comp = completions(preset)
+    prompts = ["Hi", "What is 7 times 6? Answer briefly.", "Anna has 4 apples."]
+    batched = comp.generate_batch(prompts, max_new_tokens=6)
+    single = [comp.generate(p, max_new_tokens=6) for p in prompts]
+    assert [r.token_ids for r in batched] == [r.token_ids for r in single], preset
+    assert [r.finish_reasons for r in batched] == [r.finish_reasons for r in single]
+    assert "".join(comp.stream(prompts[1], max_new_tokens=6)) == single[1].text
