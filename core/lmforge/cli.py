@@ -111,18 +111,33 @@ def models_cmd(as_json: bool, family: str | None) -> None:
 @click.option("--resume", is_flag=True, help="continue from the latest checkpoint in the output directory")
 @click.option("--trust-remote-code", is_flag=True, help="allow code shipped with the checkpoint to run")
 @click.option("--dry-run", is_flag=True, help="validate and print the resolved config, then stop")
+@click.option("--launcher", "launcher_name", default=None, help="launcher.name (local, torchrun, deepspeed, slurm ...)")
+@click.option("--nproc-per-node", type=int, default=None, help="launcher.nproc_per_node")
+@click.option("--nnodes", type=int, default=None, help="launcher.nnodes")
+@click.option("--node-rank", type=int, default=None, help="launcher.node_rank")
+@click.option("--master-addr", default=None, help="launcher.master_addr")
+@click.option("--master-port", type=int, default=None, help="launcher.master_port")
+@click.option("--zero", type=click.IntRange(0, 3), default=None, help="launcher.zero (deepspeed): ZeRO stage")
+@click.option("--submit", is_flag=True, help="slurm/kubernetes launchers: submit the job, not only write it")
 @user_errors
 def train_cmd(config, overrides, model, output_dir, peft, max_steps, max_length, learning_rate, resume,
-              trust_remote_code, dry_run) -> None:
-    """Train from a YAML CONFIG (see docs/config.md)."""
-    from .config import apply_overrides, load_yaml, set_key, to_yaml, validate
+              trust_remote_code, dry_run, launcher_name, nproc_per_node, nnodes, node_rank, master_addr,
+              master_port, zero, submit) -> None:
+    """Train from a YAML CONFIG (see docs/config.md; several processes, nodes, DeepSpeed, Slurm:
+    docs/distributed.md)."""
+    from .config import apply_launcher_env, apply_overrides, load_yaml, set_key, to_yaml, validate
 
     raw = apply_overrides(load_yaml(config), list(overrides))
     for key, value in (("model", model), ("output_dir", output_dir), ("peft.method", peft),
                        ("train.max_steps", max_steps), ("max_length", max_length),
-                       ("train.learning_rate", learning_rate)):
+                       ("train.learning_rate", learning_rate), ("launcher.name", launcher_name),
+                       ("launcher.nproc_per_node", nproc_per_node), ("launcher.nnodes", nnodes),
+                       ("launcher.node_rank", node_rank), ("launcher.master_addr", master_addr),
+                       ("launcher.master_port", master_port), ("launcher.zero", zero),
+                       ("launcher.submit", True if submit else None)):
         if value is not None:
             set_key(raw, key, value)
+    apply_launcher_env(raw, os.environ)
     if resume:
         set_key(raw, "train.resume_from_checkpoint", True)
     if trust_remote_code:
@@ -131,12 +146,15 @@ def train_cmd(config, overrides, model, output_dir, peft, max_steps, max_length,
     raw.pop("plugins", None)
     raw.pop("lmforge_version", None)
     cfg = validate(raw)
-    if dry_run:
-        click.echo(to_yaml(cfg))
-        return
     from .plugins import get_registry
 
     launcher = get_registry().launcher(cfg["launcher"]["name"])
+    if dry_run:
+        click.echo(to_yaml(cfg))
+        if launcher.launch is not None:  # schedulers: write and show the job script, do not submit
+            cfg["launcher"]["submit"] = False
+            _launch(cfg, launcher)
+        return
     if launcher.in_process:
         from .training import run_training
 
@@ -154,7 +172,11 @@ def _launch(cfg: dict, launcher) -> None:
     from .config import to_yaml
     from .descriptors import LaunchSpec
 
+    from .descriptors import resolve_ref
+
     os.makedirs(cfg["output_dir"], exist_ok=True)
+    if launcher.prepare is not None:
+        cfg = resolve_ref(launcher.prepare)(cfg)
     path = os.path.join(cfg["output_dir"], "launch_config.yaml")
     with open(path, "w", encoding="utf-8") as f:
         f.write(to_yaml(cfg))
@@ -165,6 +187,8 @@ def _launch(cfg: dict, launcher) -> None:
         master_addr=lc["master_addr"], master_port=lc["master_port"],
         options={k: v for k, v in lc.items() if k not in LaunchSpec.__dataclass_fields__ and k != "name"},
     )
+    if launcher.launch is not None:
+        sys.exit(resolve_ref(launcher.launch)(spec, cfg, path))
     argv = launcher.command(spec)
     click.echo(f"[lmforge] launching: {' '.join(argv)}", err=True)
     sys.exit(subprocess.call(argv))

@@ -210,7 +210,10 @@ def _check_section(given: Mapping, schema: Mapping, prefix: str) -> dict:
                 value = {}
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{path}: expected a mapping (section), got {type(value).__name__} {value!r}")
-            out[key] = dict(value) if key in ("peft", "train") else _check_section(value, spec, path + ".")
+            out[key] = dict(value) if key in ("peft", "train") else _check_section(
+                {k: v for k, v in value.items() if k in spec} if key == "launcher" else value, spec, path + ".")
+            if key == "launcher":  # the rest are the chosen launcher's own options, checked in validate()
+                out[key]["_extra"] = {k: v for k, v in value.items() if k not in spec}
             continue
         opt = Option(key, spec.type, spec.default, spec.help, spec.choices, spec.required)
         try:
@@ -275,6 +278,13 @@ def validate(config: Mapping, registry=None) -> dict:
         launcher = reg.launcher(cfg["launcher"]["name"])
     except PluginError as exc:
         raise ConfigError(f"launcher.name: {exc}") from None
+    extra = cfg["launcher"].pop("_extra", {})
+    try:
+        cfg["launcher"].update(validate_options(launcher.options, extra, "launcher"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if launcher.check is not None:
+        resolve_ref(launcher.check)(cfg)
     if launcher.in_process and (cfg["launcher"]["nproc_per_node"] > 1 or cfg["launcher"]["nnodes"] > 1):
         raise ConfigError(
             f"launcher.nproc_per_node/nnodes: the {launcher.name!r} launcher runs one process; "
@@ -286,6 +296,41 @@ def validate(config: Mapping, registry=None) -> dict:
     if cfg["max_length"] <= 0:
         raise ConfigError(f"max_length: must be positive, got {cfg['max_length']}")
     return cfg
+
+
+# The 9G (CPM) launch scripts' environment names for the torchrun topology; a key set in the
+# config or on the command line wins over the environment.
+LAUNCHER_ENV = {
+    "GPUS_PER_NODE": ("nproc_per_node", int),
+    "NNODES": ("nnodes", int),
+    "NODE_RANK": ("node_rank", int),
+    "MASTER_ENDPOINT": ("master_addr", str),
+    "MASTER_ADDR": ("master_addr", str),
+    "MASTER_PORT": ("master_port", int),
+}
+
+
+def apply_launcher_env(raw: dict, environ: Mapping[str, str]) -> None:
+    """Fill unset ``launcher.*`` topology keys from ``GPUS_PER_NODE``, ``NNODES``, ``NODE_RANK`` (or
+    ``RANK`` beside ``NNODES``), ``MASTER_ENDPOINT`` / ``MASTER_ADDR`` and ``MASTER_PORT``, as the 9G
+    scripts export them."""
+    section = raw.get("launcher")
+    if section is None:
+        section = {}
+    if not isinstance(section, dict) or section.get("name", "local") == "local":
+        return  # one in-process job: the topology variables are not for it
+    env_map = dict(LAUNCHER_ENV)
+    if "NODE_RANK" not in environ and "NNODES" in environ and "RANK" in environ:
+        env_map["RANK"] = ("node_rank", int)  # the 9G scripts export the node's rank as RANK
+    for env, (key, kind) in env_map.items():
+        if key in section or env not in environ or environ[env] == "":
+            continue
+        try:
+            section[key] = kind(environ[env])
+        except ValueError:
+            raise ConfigError(f"${env}: expected {kind.__name__} for launcher.{key}, got {environ[env]!r}") from None
+    if section:
+        raw["launcher"] = section
 
 
 def train_arguments(cfg: Mapping) -> dict:

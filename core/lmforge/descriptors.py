@@ -550,8 +550,16 @@ class Launcher:
 
     ``in_process=True`` (the ``local`` launcher) runs the job in the calling
     process. Otherwise ``command(spec: LaunchSpec) -> list[str]`` returns the argv
-    to exec. ``rank_env`` names the environment variables the started processes
-    read for (rank, world size, local rank).
+    to exec. ``prepare(cfg) -> cfg`` (optional) completes the resolved job config
+    before it is written for the workers (DeepSpeed writes its JSON and points
+    ``train.deepspeed`` at it). ``launch(spec, cfg, config_path) -> int``
+    (optional) replaces "run ``command``": schedulers write a job script or
+    manifest, submit it when ``cfg["launcher"]["submit"]`` and return an exit
+    status. ``check(cfg)`` (optional) raises :class:`~lmforge.errors.ConfigError` for
+    a combination of options that cannot work (run by ``validate``, so ``--dry-run``
+    catches it). ``options`` are the launcher's own keys under ``launcher:``.
+    ``rank_env`` names the environment variables the started processes read for
+    (rank, world size, local rank).
     """
 
     name: str
@@ -560,6 +568,9 @@ class Launcher:
     command: Callable[[LaunchSpec], list[str]] | None = None
     options: tuple[Option, ...] = ()
     rank_env: tuple[str, str, str] = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    prepare: Callable[[dict], dict] | str | None = None
+    launch: Callable[[LaunchSpec, dict, str], int] | str | None = None
+    check: Callable[[dict], None] | str | None = None
 
 
 KINDS = {

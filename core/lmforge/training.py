@@ -462,8 +462,10 @@ def run_training(raw_cfg: Mapping, registry=None) -> TrainResult:
     if packed is not None:
         packed.restore(trainer.model)
 
+    with gathered_for_save(trainer):  # ZeRO-3: every rank takes part in gathering the full weights
+        if is_main:
+            save_outputs(trainer.model, tokenizer, source, method, out_dir, ctx)
     if is_main:
-        save_outputs(trainer.model, tokenizer, source, method, out_dir, ctx)
         summary = {"global_step": trainer.state.global_step, "train_loss": result.training_loss,
                    "eval_loss_before": eval_before, "eval_loss_after": eval_after, **params}
         summary.pop("trainable_names")
@@ -475,6 +477,22 @@ def run_training(raw_cfg: Mapping, registry=None) -> TrainResult:
     return TrainResult(output_dir=out_dir, global_step=trainer.state.global_step, train_loss=result.training_loss,
                        eval_loss_before=eval_before, eval_loss_after=eval_after, params=params,
                        model=trainer.model, tokenizer=tokenizer)
+
+
+def gathered_for_save(trainer):
+    """Under DeepSpeed ZeRO-3 a context in which every parameter is whole on every rank (a
+    collective: all ranks enter it); otherwise a no-op. Saving inside it writes the real weights,
+    not the empty per-rank placeholders, for full fine-tunes and adapters alike."""
+    import contextlib
+
+    if not getattr(trainer, "is_deepspeed_enabled", False):
+        return contextlib.nullcontext()
+    plugin = trainer.accelerator.state.deepspeed_plugin
+    if plugin is None or plugin.zero_stage != 3:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(trainer.model.parameters()), modifier_rank=None)
 
 
 def save_outputs(model, tokenizer, source: ModelSource, method, out_dir: str, ctx: PeftContext) -> None:
