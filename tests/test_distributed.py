@@ -107,6 +107,21 @@ def test_deepspeed_zero_two_processes_equal_one(tmp_path, reference, zero, peft)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("peft", ["full", "lora"])
+def test_fsdp_two_processes_equal_one(tmp_path, reference, peft):
+    out, res = train(tmp_path, "fsdp", "--peft", peft, "--set", "train.per_device_train_batch_size=2",
+                     *NO_DROPOUT[peft], "--launcher", "fsdp", "--nproc-per-node", "2",
+                     "--master-port", str(free_port()))
+    cfg = __import__("yaml").safe_load(open(out / "launch_config.yaml"))
+    assert cfg["train"]["fsdp"] is True and cfg["train"]["fsdp_config"]["version"] == 2
+    assert losses(out) == pytest.approx(losses(reference[peft]), abs=1e-4)
+    got, want = weights(out), weights(reference[peft])
+    assert set(got) == set(want)
+    for k in want:
+        assert got[k].shape == want[k].shape and torch.allclose(got[k].float(), want[k].float(), atol=1e-4), k
+
+
+@pytest.mark.slow
 def test_resume_from_a_zero_checkpoint_reaches_the_uninterrupted_weights(tmp_path):
     common = ["--set", "train.per_device_train_batch_size=2", "--set", "train.save_steps=2",
               "--launcher", "deepspeed", "--zero", "2", "--nproc-per-node", "2"]
