@@ -134,6 +134,30 @@ def test_resume_from_a_zero_checkpoint_reaches_the_uninterrupted_weights(tmp_pat
 
 
 @pytest.mark.slow
+def test_merge_rebuilds_a_plain_checkpoint_from_zero3_shards(tmp_path):
+    # a DeepSpeed JSON of the user's own that does not gather weights on save: model.safetensors in
+    # the checkpoint then holds placeholders, and only the shards have the weights
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": False},
+                              "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+                              "train_batch_size": "auto"}))
+    out, _ = train(tmp_path, "z3raw", "--set", "train.per_device_train_batch_size=2", "--set", "train.save_steps=4",
+                   "--launcher", "deepspeed", "--set", f"launcher.config={ds}", "--nproc-per-node", "2",
+                   "--master-port", str(free_port()))
+    ckpt = out / "checkpoint-4"
+    merged = tmp_path / "merged"
+    res = subprocess.run([sys.executable, "-m", "lmforge.cli", "merge", str(ckpt), "-o", str(merged)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    reference = AutoModelForCausalLM.from_pretrained(out)  # the final save, gathered by lmforge
+    for (name, a), (_, b) in zip(model.state_dict().items(), reference.state_dict().items()):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-6), name
+
+
+@pytest.mark.slow
 def test_two_torchrun_nodes_equal_one_node_with_two_processes(tmp_path):
     one, _ = train(tmp_path, "one-node", "--set", "train.per_device_train_batch_size=2", "--launcher", "torchrun",
                    "--nproc-per-node", "2", "--master-port", str(free_port()))
