@@ -257,3 +257,51 @@ def test_kubernetes_pytorchjob_and_the_environment_torchrun_sees(tmp_path):
         assert (args.master_addr, args.master_port) == ("lmforge-run-master-0", 23456)
         assert args.training_script == "lmforge.worker" and args.module
         assert args.training_script_args == ["/etc/lmforge/lmforge.yaml"]
+
+
+def _workers(out) -> list[int]:
+    """Worker processes of a run (not torchrun itself, whose command line names the worker too)."""
+    ps = subprocess.run(["pgrep", "-f", f"lmforge.worker {out}"], capture_output=True, text=True).stdout.split()
+    pids = []
+    for p in ps:
+        try:
+            cmd = open(f"/proc/{p}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if b"torch.distributed.run" not in cmd:
+            pids.append(int(p))
+    return sorted(pids)
+
+
+@pytest.mark.slow
+def test_a_killed_rank_stops_every_rank_and_resume_reaches_the_uninterrupted_weights(tmp_path):
+    import signal
+    import time
+
+    common = ["--set", "train.per_device_train_batch_size=2", "--set", "train.max_steps=24",
+              "--set", "train.save_steps=4", "--set", "train.save_total_limit=10", "--launcher", "torchrun",
+              "--nproc-per-node", "2"]
+    full, _ = train(tmp_path, "uninterrupted", *common, "--master-port", str(free_port()))
+    cfg = tmp_path / "base.yaml"
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "lmforge.cli", "train", str(cfg), "-o", str(out), *common,
+                             "--master-port", str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint-8").is_dir():
+        assert proc.poll() is None and time.monotonic() < deadline, "training ended before checkpoint-8"
+        time.sleep(0.05)
+    workers = _workers(out)
+    assert len(workers) == 2, workers
+    os.kill(workers[-1], signal.SIGKILL)  # one rank dies mid-run
+    t = time.monotonic()
+    proc.communicate(timeout=120)
+    waited = time.monotonic() - t
+    assert proc.returncode != 0
+    assert waited < 60, f"the surviving rank took {waited:.0f} s to stop"
+    assert not _workers(out), "a rank hangs"
+    assert not (out / "model.safetensors").exists()
+    # the last complete checkpoint is intact; --resume continues from it to the same weights
+    resumed = train(tmp_path, "killed", *common, "--master-port", str(free_port()), "--resume")[0]
+    a, b = weights(full), weights(resumed)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
