@@ -16,6 +16,7 @@ import click
 
 from . import __version__
 from .cli_inference import COMMANDS as INFERENCE_COMMANDS
+from .cli_inference import make_params, sampling_options
 from .errors import LmforgeError, user_errors  # noqa: F401  (plugins import user_errors from here)
 
 
@@ -199,22 +200,19 @@ def _launch(cfg: dict, launcher) -> None:
 @click.argument("model")
 @click.argument("prompts", nargs=-1, required=True)
 @click.option("--adapter", default=None, help="apply this adapter (or run directory) on top")
-@click.option("--max-new-tokens", type=int, default=128)
-@click.option("--temperature", type=float, default=0.0, help="0 = greedy")
-@click.option("--top-p", type=float, default=1.0)
-@click.option("--seed", type=int, default=None)
+@sampling_options
 @click.option("--raw", is_flag=True, help="do not apply the chat template")
 @click.option("--json", "as_json", is_flag=True, help="print JSON results")
 @click.option("--trust-remote-code", is_flag=True)
 @user_errors
-def generate_cmd(model, prompts, adapter, max_new_tokens, temperature, top_p, seed, raw, as_json,
-                 trust_remote_code) -> None:
+def generate_cmd(model, prompts, adapter, max_new_tokens, temperature, top_p, top_k, repetition_penalty, stop,
+                 seed, raw, as_json, trust_remote_code) -> None:
     """Generate from MODEL (run directory, checkpoint or preset) for each PROMPT (batched)."""
-    from .generation import Completion
+    from .generation import Completion, Request
 
+    params = make_params(max_new_tokens, temperature, top_p, top_k, repetition_penalty, stop, seed)
     comp = Completion(model, adapter=adapter, trust_remote_code=trust_remote_code, raw=raw or None)
-    results = comp.generate_batch(list(prompts), max_new_tokens=max_new_tokens, temperature=temperature,
-                                  top_p=top_p, seed=seed)
+    results = comp.run([Request(comp.encode(p), params) for p in prompts])
     if as_json:
         click.echo(json.dumps([{"prompt": p, "text": r.text, "finish_reason": r.finish_reasons[0]}
                                for p, r in zip(prompts, results)], ensure_ascii=False, indent=1))
