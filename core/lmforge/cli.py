@@ -122,11 +122,14 @@ def models_cmd(as_json: bool, family: str | None) -> None:
 @click.option("--max-length", type=int, default=None, help="max_length")
 @click.option("--learning-rate", "--lr", type=float, default=None, help="train.learning_rate")
 @click.option("--resume", is_flag=True, help="continue from the latest checkpoint in the output directory")
+@click.option("--overwrite", is_flag=True, help="delete a previous run in the output directory first")
+@click.option("--force-resume", is_flag=True, help="with --resume: continue even if the config changes the "
+              "model, data, batch or PEFT settings of the saved run")
 @click.option("--trust-remote-code", is_flag=True, help="allow code shipped with the checkpoint to run")
 @click.option("--dry-run", is_flag=True, help="validate and print the resolved config, then stop")
 @user_errors
-def train_cmd(config, overrides, model, output_dir, peft, max_steps, max_length, learning_rate, resume,
-              trust_remote_code, dry_run) -> None:
+def train_cmd(config, overrides, model, output_dir, peft, max_steps, max_length, learning_rate, resume, overwrite,
+              force_resume, trust_remote_code, dry_run) -> None:
     """Train from a YAML CONFIG (see docs/config.md)."""
     from .config import apply_overrides, load_yaml, set_key, to_yaml, validate
 
@@ -138,6 +141,10 @@ def train_cmd(config, overrides, model, output_dir, peft, max_steps, max_length,
             set_key(raw, key, value)
     if resume:
         set_key(raw, "train.resume_from_checkpoint", True)
+    if overwrite:
+        raw["overwrite"] = True
+    if force_resume:
+        raw["force_resume"] = True
     if trust_remote_code:
         raw["trust_remote_code"] = True
     # plugins/lmforge_version in a reused lmforge.yaml are provenance, not input
@@ -166,8 +173,11 @@ def _launch(cfg: dict, launcher) -> None:
 
     from .config import to_yaml
     from .descriptors import LaunchSpec
+    from .runstart import launch_workers_config
 
-    os.makedirs(cfg["output_dir"], exist_ok=True)
+    start, cfg = launch_workers_config(cfg)  # checks, lock and --overwrite/--resume, held until the workers exit
+    if start is None:
+        return
     path = os.path.join(cfg["output_dir"], "launch_config.yaml")
     with open(path, "w", encoding="utf-8") as f:
         f.write(to_yaml(cfg))
@@ -180,7 +190,11 @@ def _launch(cfg: dict, launcher) -> None:
     )
     argv = launcher.command(spec)
     click.echo(f"[lmforge] launching: {' '.join(argv)}", err=True)
-    sys.exit(subprocess.call(argv))
+    try:
+        code = subprocess.call(argv, env={**os.environ, start.env_key: os.path.abspath(cfg["output_dir"])})
+    finally:
+        start.release()
+    sys.exit(code)
 
 
 # ------------------------------------------------------------------ generate
