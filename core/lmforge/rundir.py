@@ -341,9 +341,18 @@ def check_output_dir_writable(path: str) -> None:
         probe = parent
     if not os.path.isdir(probe):
         raise RunDirError(f"output_dir: {probe} is not a directory, so {path} cannot be created")
+    what = "is not writable" if probe == os.path.abspath(path) else f"cannot be created: {probe} is not writable"
     if not os.access(probe, os.W_OK | os.X_OK):
-        what = "is not writable" if probe == os.path.abspath(path) else f"cannot be created: {probe} is not writable"
         raise RunDirError(f"output_dir: {path} {what}")
+    # os.access says yes to root even on a read-only file system: try it (the probe file is removed at once)
+    import tempfile
+
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".lmforge-write-test-", dir=probe)
+    except OSError as exc:
+        raise RunDirError(f"output_dir: {path} {what} ({exc.strerror})") from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def _listing(entries: Iterable[str], n: int = 6) -> str:

@@ -241,16 +241,34 @@ def check_output_dir_writable(out_dir: str) -> None:
     rundir.check_output_dir_writable(out_dir)
 
 
-def disk_error(exc: OSError, out_dir: str) -> LmforgeError | None:
-    """The one-line error for a write that failed for lack of space or permission, else ``None``."""
+LOW_SPACE_BYTES = 16 * 2**20
+
+
+def disk_error(exc: BaseException, out_dir: str) -> LmforgeError | None:
+    """The one-line error for a write that failed for lack of space or permission, else ``None``.
+
+    torch and safetensors report a full disk in their own words (``unexpected
+    pos``, ``SafetensorError``), so besides ``errno`` a failure while the output
+    file system has under 16 MiB free is reported as a full disk too.
+    """
     codes = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
              errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-             errno.EPERM: "permission denied"}
-    if exc.errno not in codes:
-        return None
+             errno.EPERM: "permission denied", errno.EFBIG: "the file size limit is reached"}
+    reason = codes.get(getattr(exc, "errno", None)) if isinstance(exc, OSError) else None
+    if reason is None and "No space left on device" in str(exc):
+        reason = "the disk is full"
+    if reason is None:
+        try:
+            free = __import__("shutil").disk_usage(out_dir).free
+        except OSError:
+            return None
+        if free >= LOW_SPACE_BYTES:
+            return None
+        detail = (str(exc).strip().splitlines() or [""])[0][:160]
+        reason = f"the disk is full ({free} bytes free; {type(exc).__name__}: {detail})"
     where = getattr(exc, "filename", None) or out_dir
     return rundir.RunDirError(
-        f"{where}: cannot write: {codes[exc.errno]}; the run stopped (the last complete checkpoint is kept). "
+        f"{where}: cannot write: {reason}; the run stopped (the last complete checkpoint is kept). "
         f"Free space or fix the permissions, then continue with `{rundir.resume_command(out_dir)}`")
 
 

@@ -386,7 +386,9 @@ def run_training(raw_cfg: Mapping, registry=None) -> TrainResult:
     start.begin()  # the exclusive lock on output_dir; --overwrite / --resume applied under it
     try:
         return _train_in_dir(cfg, source, reg, method, job_data, start)
-    except OSError as exc:
+    except LmforgeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - only a write failure (full disk, permissions) is rewritten
         err = disk_error(exc, out_dir)
         if err is None:
             raise
