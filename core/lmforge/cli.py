@@ -47,20 +47,29 @@ def plugins_cmd(as_json: bool, show_errors: bool) -> None:
     """List installed plugin distributions, their status and what they registered."""
     from .plugins import get_registry
 
+    from .plugins import slow_plugin_seconds
+
     reg = get_registry()
     rows = reg.plugins_json()
     if as_json:
-        out = [{k: r[k] for k in ("name", "version", "status", "error", "hooks", "registered")} | {"modules": r["modules"]}
-               for r in rows]
+        keys = ("name", "version", "status", "error", "hooks", "registered", "conflicts", "load_seconds")
+        out = [{k: r[k] for k in keys} | {"modules": r["modules"]} for r in rows]
         click.echo(json.dumps(out, indent=2, ensure_ascii=False))
         return
+    slow = slow_plugin_seconds()
     for r in rows:
-        status = click.style(r["status"], fg="green" if r["status"] == "ok" else "red")
-        click.echo(f"{r['name']} {r['version']}  [{status}]")
+        colour = {"ok": "green", "disabled": "yellow"}.get(r["status"], "red")
+        status = click.style(r["status"], fg=colour)
+        click.echo(f"{r['name']} {r['version']}  [{status}]  loaded in {r['load_seconds'] * 1000:.0f} ms")
         for kind, names in r["registered"].items():
             click.echo(f"    {kind.replace('_', ' '):18} {', '.join(names)}")
         if r["error"]:
             click.echo(f"    error: {r['error']}")
+        for c in r["conflicts"]:
+            click.echo(f"    conflict: {c}")
+        if r["load_seconds"] > slow:
+            click.echo(f"    warning: slow to load ({r['load_seconds']:.1f} s, over {slow} s); every lmforge command "
+                       f"waits for it (LMFORGE_DISABLE_PLUGINS={r['name']} skips it)")
     if show_errors:
         for rec in reg.records:
             tb = getattr(rec, "traceback", None)
@@ -233,10 +242,14 @@ def build_cli() -> click.Group:
     from .plugins import get_registry
 
     try:
-        get_registry().add_commands(cli)
+        reg = get_registry()
+        reg.add_commands(cli)
     except LmforgeError as exc:  # strict mode: a broken plugin is fatal
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    for dist, seconds in reg.slow_plugins():
+        click.echo(f"warning: plugin {dist} took {seconds:.1f} s to load; every lmforge command waits for it "
+                   f"(see `lmforge plugins`; LMFORGE_DISABLE_PLUGINS={dist} skips it)", err=True)
     return cli
 
 
