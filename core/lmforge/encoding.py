@@ -85,8 +85,10 @@ def bounded_ids(encode, text: str, limit: int | None) -> list[int]:
     within a few characters of a position only). Memory stays proportional to
     ``limit`` plus the record itself.
     """
-    if limit is None or len(text) <= limit * PREFIX_CHARS_PER_TOKEN:
+    if limit is None:
         return encode(text)
+    if len(text) <= limit * PREFIX_CHARS_PER_TOKEN:
+        return list(encode(text)[:limit])
     n = (limit + PREFIX_MARGIN_TOKENS) * 4
     while n < len(text):
         cut = text.rfind(" ", n - n // 8, n)  # end the prefix on a word boundary where there is one
@@ -94,7 +96,7 @@ def bounded_ids(encode, text: str, limit: int | None) -> list[int]:
         if len(ids) >= limit + PREFIX_MARGIN_TOKENS:
             return list(ids[:limit])
         n *= 2
-    return encode(text)
+    return list(encode(text)[:limit])
 
 
 class TemplateEncoder:
