@@ -84,6 +84,8 @@ def check_weight_files(directory: str) -> None:
         raise ArtefactError(f"{directory}: cannot read the directory: {exc.strerror}") from None
     for name in names:
         path = os.path.join(directory, name)
+        if os.path.islink(path) and not os.path.exists(path):
+            raise ArtefactError(f"{path}: a link to {os.readlink(path)}, which does not exist")
         if not os.path.isfile(path):
             continue
         if not os.access(path, os.R_OK):
