@@ -129,7 +129,7 @@ def _mark_interrupted(run_dir: str, status: str = "training") -> None:
 
 
 def _resume_argv(run_dir: str) -> list[str]:
-    return ["train", os.path.join(run_dir, "lmforge.yaml"), "--resume"]
+    return ["train", os.path.join(run_dir, "lmforge.yaml"), "--resume", "-o", run_dir]
 
 
 def c_model_safetensors_truncated_train(tmp, fx):
@@ -252,7 +252,8 @@ def c_checkpoint_rng_pickle_refused(tmp, fx):
 
     d = _copy(fx["lora"], os.path.join(tmp, "r"))
     _mark_interrupted(d)
-    torch.save({"python": argparse.Namespace(evil=True)}, os.path.join(d, "checkpoint-4", "rng_state.pth"))
+    shutil.rmtree(os.path.join(d, "checkpoint-4"))  # so training resumes from checkpoint-2 and reads its RNG state
+    torch.save({"python": argparse.Namespace(evil=True)}, os.path.join(d, "checkpoint-2", "rng_state.pth"))
     return _resume_argv(d), "refused to unpickle"
 
 
