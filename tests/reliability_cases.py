@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -102,6 +104,28 @@ def one_error_line(stderr: str) -> str:
     lines = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1, stderr[-3000:]
     return lines[0]
+
+
+def kill_and_resume(cfg: str, out: str, rng: random.Random, window: float) -> int:
+    """Start a run, SIGKILL it at a random moment of its training window, resume until complete.
+
+    The window runs from the first step to the end of the final save. Returns 1
+    when the kill landed, 0 when the run finished first.
+    """
+    p = popen_train(cfg)
+    assert wait_for(lambda: run_state(out) in ("training", "saving", "complete") or p.poll() is not None)
+    time.sleep(rng.uniform(0, window))
+    landed = p.poll() is None
+    if landed:
+        p.send_signal(signal.SIGKILL)
+    p.communicate()
+    for _ in range(3):
+        if run_state(out) == "complete":
+            break
+        res = lmforge("train", cfg, "--resume")
+        assert res.returncode == 0, res.stderr[-3000:]
+    assert run_state(out) == "complete"
+    return int(landed)
 
 
 # --------------------------------------------------------------------------

@@ -15,7 +15,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -25,8 +24,8 @@ import pytest
 from lmforge import rundir
 from lmforge.errors import LmforgeError
 
-from reliability_cases import (CORRUPTIONS, cli_env, lmforge, max_abs_diff, one_error_line, popen_train, run_state,
-                               small_data, wait_for, weights, write_config)
+from reliability_cases import (CORRUPTIONS, cli_env, kill_and_resume, lmforge, max_abs_diff, one_error_line,
+                               popen_train, run_state, small_data, wait_for, weights, write_config)
 
 
 # --------------------------------------------------------------------------
@@ -110,7 +109,8 @@ def test_lock_is_exclusive_names_its_holder_and_dies_with_it(tmp_path, fx):
 @pytest.mark.slow
 def test_two_real_runs_into_one_dir_one_fails_at_once_the_other_is_intact(tmp_path, fx):
     out = str(tmp_path / "run")
-    cfg = write_config(str(tmp_path / "c.yaml"), fx["data"], out, steps=12, save_steps=4)
+    # long enough that B (a fresh process: ~5 s of imports) arrives while A trains
+    cfg = write_config(str(tmp_path / "c.yaml"), fx["data"], out, steps=300, save_steps=100, logging_steps=50)
     a = popen_train(cfg, "--set", "train.seed=1")
     try:
         assert wait_for(lambda: rundir.lock_holder(out) is not None), a.communicate()[1][-2000:]
@@ -126,7 +126,7 @@ def test_two_real_runs_into_one_dir_one_fails_at_once_the_other_is_intact(tmp_pa
     from lmforge.config import load_yaml
 
     assert load_yaml(os.path.join(out, "lmforge.yaml"))["train"]["seed"] == 1
-    for ck in ("checkpoint-8", "checkpoint-12"):
+    for ck in ("checkpoint-100", "checkpoint-200", "checkpoint-300"):
         with open(os.path.join(out, ck, "trainer_state.json")) as f:
             assert json.load(f)["global_step"] == int(ck.split("-")[1])
     assert run_state(out) == "complete"
@@ -486,27 +486,6 @@ def test_train_log_has_one_row_per_step_and_results_cover_the_whole_run(tmp_path
 
 # --------------------------------------------------------------------------
 # kill -9 at random points
-
-
-def kill_and_resume(cfg: str, out: str, rng: random.Random, window: float) -> int:
-    """Start a run, SIGKILL it at a random moment of its training window, resume until complete.
-
-    Returns how many kills landed (0 when the run finished first).
-    """
-    p = popen_train(cfg)
-    assert wait_for(lambda: run_state(out) in ("training", "saving", "complete") or p.poll() is not None)
-    time.sleep(rng.uniform(0, window))
-    landed = p.poll() is None
-    if landed:
-        p.send_signal(signal.SIGKILL)
-    p.communicate()
-    for _ in range(3):
-        if run_state(out) == "complete":
-            break
-        res = lmforge("train", cfg, "--resume")
-        assert res.returncode == 0, res.stderr[-3000:]
-    assert run_state(out) == "complete"
-    return int(landed)
 
 
 @pytest.mark.slow

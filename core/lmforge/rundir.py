@@ -187,6 +187,14 @@ def lock_holder(out_dir: str) -> dict | None:
         os.close(fd)
 
 
+def refuse_if_locked(out_dir: str) -> None:
+    """Raise :class:`RunDirError` naming the holder if another process holds ``out_dir``'s lock."""
+    if os.path.isdir(out_dir) and os.environ.get("LMFORGE_RUN_PREPARED") != os.path.abspath(out_dir):
+        holder = lock_holder(out_dir)
+        if holder is not None:
+            raise RunDirError(in_use_message(out_dir, holder))
+
+
 # --------------------------------------------------------------------------
 # run state
 

@@ -366,6 +366,7 @@ def run_training(raw_cfg: Mapping, registry=None) -> TrainResult:
 
     reg = registry or get_registry()
     cfg = validate(raw_cfg, reg)
+    rundir.refuse_if_locked(cfg["output_dir"])  # a second run into a busy directory fails before any import
     validate_train_section(cfg)
     source = resolve_model(cfg["model"], family=cfg.get("family"), registry=reg)
     check_capabilities(cfg, source, reg)
