@@ -217,7 +217,7 @@ def c_pickle_refused(tmp, fx):
     d = _copy(fx["full"], os.path.join(tmp, "m"))
     os.unlink(os.path.join(d, "model.safetensors"))
     torch.save({"model.embed_tokens.weight": argparse.Namespace(evil=True)}, os.path.join(d, "pytorch_model.bin"))
-    return ["generate", d, "hi"], "refused to unpickle"
+    return ["generate", d, "hi"], os.path.join(d, "pytorch_model.bin") + ": refused to unpickle"
 
 
 def c_adapter_truncated(tmp, fx):
@@ -278,7 +278,7 @@ def c_checkpoint_rng_pickle_refused(tmp, fx):
     _mark_interrupted(d)
     shutil.rmtree(os.path.join(d, "checkpoint-4"))  # so training resumes from checkpoint-2 and reads its RNG state
     torch.save({"python": argparse.Namespace(evil=True)}, os.path.join(d, "checkpoint-2", "rng_state.pth"))
-    return _resume_argv(d), "refused to unpickle"
+    return _resume_argv(d), os.path.join(d, "checkpoint-2", "rng_state.pth") + ": refused to unpickle"
 
 
 def c_resume_checkpoint_missing(tmp, fx):

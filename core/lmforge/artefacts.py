@@ -154,8 +154,28 @@ def check_tokenizer_code(path: str, trust_remote_code: bool) -> None:
             "--trust-remote-code (trust_remote_code: true)")
 
 
+def refused_pickle(directory: str) -> str:
+    """The torch file in ``directory`` that ``torch.load(weights_only=True)`` refuses (called on that error only)."""
+    import pickle
+
+    import torch
+
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if name.endswith(TORCH_SUFFIXES) and os.path.isfile(path):
+            try:
+                torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except pickle.UnpicklingError:
+                return path
+            except Exception:  # noqa: BLE001 - some other problem; not the refused pickle
+                continue
+    return directory
+
+
 def unpickling_message(path: str, exc: BaseException) -> str:
-    """The one line for a pickle that ``torch.load(weights_only=True)`` refused."""
+    """The one line for a pickle that ``torch.load(weights_only=True)`` refused (``path``: file or directory)."""
+    if os.path.isdir(path):
+        path = refused_pickle(path)
     first = str(exc).strip().splitlines()
     detail = next((ln.strip() for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
     return (f"{path}: refused to unpickle: the file holds Python objects other than tensors ({detail[:200]}); "
