@@ -287,7 +287,8 @@ def check_run_complete(path: str) -> None:
     raise RunIncompleteError(
         f"{path}: this run did not finish (status: {state.get('status')}; {last}), so its final model is "
         f"missing or incomplete; continue it with `{resume_command(path)}`"
-        + (f", or read {os.path.join(path, ckpts[-1])} directly" if ckpts else "")
+        + (f", or load {os.path.join(path, ckpts[-1])} directly"
+           if ckpts and os.path.isfile(os.path.join(path, ckpts[-1], "config.json")) else "")
     )
 
 
