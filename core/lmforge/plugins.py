@@ -364,6 +364,9 @@ class Registry:
             raise PluginConflictError(f"preset {name!r} belongs to a contested family: "
                                       + self.conflict_message("model_families", fam,
                                                               self.contested["model_families"][fam]))
+        if found is not None and found[0].name in self.entries["model_families"]:
+            # the family as the registry holds it now (an embedding application may have replaced it)
+            return self.entries["model_families"][found[0].name].descriptor, found[1]
         return found
 
     def family_for_config(self, config: dict, where: str = "config.json") -> ModelFamily:
