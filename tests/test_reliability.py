@@ -548,3 +548,17 @@ def test_truncating_a_50mb_record_stays_within_a_small_multiple_of_its_size(tmp_
     assert got["tokens"] == 512 and got["truncated"] == 1
     print(f"\n50 MB record: peak RSS growth {got['growth'] / 2**20:.0f} MiB for a {got['size'] / 2**20:.0f} MiB record")
     assert got["growth"] < 6 * got["size"], got
+
+
+def test_train_local_takes_resume_overwrite_and_force_resume():
+    from lmforge.api import FineTune
+    from lmforge.config import validate
+
+    cfg = FineTune(model="tiny-llama").build_config("d.jsonl", "out", overwrite=True, force_resume=True, resume=True)
+    assert cfg["overwrite"] is True and cfg["force_resume"] is True
+    assert cfg["train"]["resume_from_checkpoint"] is True
+    resolved = validate(cfg)
+    assert resolved["overwrite"] is True and resolved["force_resume"] is True
+    # how a run was started is not part of what it is: lmforge.yaml keeps neither
+    kept = rundir.strip_start_keys(resolved)
+    assert "overwrite" not in kept and "force_resume" not in kept and "resume_from_checkpoint" not in kept["train"]
