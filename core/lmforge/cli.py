@@ -35,20 +35,29 @@ def plugins_cmd(as_json: bool, show_errors: bool) -> None:
     """List installed plugin distributions, their status and what they registered."""
     from .plugins import get_registry
 
+    from .plugins import slow_plugin_seconds
+
     reg = get_registry()
     rows = reg.plugins_json()
     if as_json:
-        out = [{k: r[k] for k in ("name", "version", "status", "error", "hooks", "registered")} | {"modules": r["modules"]}
-               for r in rows]
+        keys = ("name", "version", "status", "error", "hooks", "registered", "conflicts", "load_seconds")
+        out = [{k: r[k] for k in keys} | {"modules": r["modules"]} for r in rows]
         click.echo(json.dumps(out, indent=2, ensure_ascii=False))
         return
+    slow = slow_plugin_seconds()
     for r in rows:
-        status = click.style(r["status"], fg="green" if r["status"] == "ok" else "red")
-        click.echo(f"{r['name']} {r['version']}  [{status}]")
+        colour = {"ok": "green", "disabled": "yellow"}.get(r["status"], "red")
+        status = click.style(r["status"], fg=colour)
+        click.echo(f"{r['name']} {r['version']}  [{status}]  loaded in {r['load_seconds'] * 1000:.0f} ms")
         for kind, names in r["registered"].items():
             click.echo(f"    {kind.replace('_', ' '):18} {', '.join(names)}")
         if r["error"]:
             click.echo(f"    error: {r['error']}")
+        for c in r["conflicts"]:
+            click.echo(f"    conflict: {c}")
+        if r["load_seconds"] > slow:
+            click.echo(f"    warning: slow to load ({r['load_seconds']:.1f} s, over {slow} s); every lmforge command "
+                       f"waits for it (LMFORGE_DISABLE_PLUGINS={r['name']} skips it)")
     if show_errors:
         for rec in reg.records:
             tb = getattr(rec, "traceback", None)
@@ -110,6 +119,9 @@ def models_cmd(as_json: bool, family: str | None) -> None:
 @click.option("--max-length", type=int, default=None, help="max_length")
 @click.option("--learning-rate", "--lr", type=float, default=None, help="train.learning_rate")
 @click.option("--resume", is_flag=True, help="continue from the latest checkpoint in the output directory")
+@click.option("--overwrite", is_flag=True, help="delete a previous run in the output directory first")
+@click.option("--force-resume", is_flag=True, help="with --resume: continue even if the config changes the "
+              "model, data, batch or PEFT settings of the saved run")
 @click.option("--trust-remote-code", is_flag=True, help="allow code shipped with the checkpoint to run")
 @click.option("--dry-run", is_flag=True, help="validate and print the resolved config, then stop")
 @click.option("--launcher", "launcher_name", default=None, help="launcher.name (local, torchrun, deepspeed, slurm ...)")
@@ -121,8 +133,8 @@ def models_cmd(as_json: bool, family: str | None) -> None:
 @click.option("--zero", type=click.IntRange(0, 3), default=None, help="launcher.zero (deepspeed): ZeRO stage")
 @click.option("--submit", is_flag=True, help="slurm/kubernetes launchers: submit the job, not only write it")
 @user_errors
-def train_cmd(config, overrides, model, output_dir, peft, max_steps, max_length, learning_rate, resume,
-              trust_remote_code, dry_run, launcher_name, nproc_per_node, nnodes, node_rank, master_addr,
+def train_cmd(config, overrides, model, output_dir, peft, max_steps, max_length, learning_rate, resume, overwrite,
+              force_resume, trust_remote_code, dry_run, launcher_name, nproc_per_node, nnodes, node_rank, master_addr,
               master_port, zero, submit) -> None:
     """Train from a YAML CONFIG (see docs/config.md; several processes, nodes, DeepSpeed, Slurm:
     docs/distributed.md)."""
@@ -141,6 +153,10 @@ def train_cmd(config, overrides, model, output_dir, peft, max_steps, max_length,
     apply_launcher_env(raw, os.environ)
     if resume:
         set_key(raw, "train.resume_from_checkpoint", True)
+    if overwrite:
+        raw["overwrite"] = True
+    if force_resume:
+        raw["force_resume"] = True
     if trust_remote_code:
         raw["trust_remote_code"] = True
     # plugins/lmforge_version in a reused lmforge.yaml are provenance, not input
@@ -172,9 +188,18 @@ def _launch(cfg: dict, launcher) -> None:
 
     from .config import to_yaml
     from .descriptors import LaunchSpec
+    from .runstart import launch_workers_config
 
     from .descriptors import resolve_ref
 
+    lc = cfg["launcher"]
+    start = None
+    if launcher.launch is None and (lc["nnodes"] == 1 or lc["node_rank"] == 0):
+        # checks, lock and --overwrite/--resume, held until the workers exit; on a multi-node job the
+        # node-0 parent prepares the (shared) output_dir, the other nodes' parents only start workers
+        start, cfg = launch_workers_config(cfg)
+        if start is None:
+            return
     os.makedirs(cfg["output_dir"], exist_ok=True)
     if launcher.prepare is not None:
         cfg = resolve_ref(launcher.prepare)(cfg)
@@ -192,7 +217,15 @@ def _launch(cfg: dict, launcher) -> None:
         sys.exit(resolve_ref(launcher.launch)(spec, cfg, path))
     argv = launcher.command(spec)
     click.echo(f"[lmforge] launching: {' '.join(argv)}", err=True)
-    sys.exit(subprocess.call(argv))
+    env = dict(os.environ)
+    if start is not None:
+        env[start.env_key] = os.path.abspath(cfg["output_dir"])
+    try:
+        code = subprocess.call(argv, env=env)
+    finally:
+        if start is not None:
+            start.release()
+    sys.exit(code)
 
 
 # ------------------------------------------------------------------ generate
@@ -232,10 +265,14 @@ def build_cli() -> click.Group:
     from .plugins import get_registry
 
     try:
-        get_registry().add_commands(cli)
+        reg = get_registry()
+        reg.add_commands(cli)
     except LmforgeError as exc:  # strict mode: a broken plugin is fatal
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    for dist, seconds in reg.slow_plugins():
+        click.echo(f"warning: plugin {dist} took {seconds:.1f} s to load; every lmforge command waits for it "
+                   f"(see `lmforge plugins`; LMFORGE_DISABLE_PLUGINS={dist} skips it)", err=True)
     return cli
 
 
