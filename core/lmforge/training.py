@@ -485,6 +485,8 @@ def _train_in_dir(cfg, source: ModelSource, reg, method, job_data, start) -> Tra
         processing_class=tokenizer,
         callbacks=[JsonlLogCallback(log_path, loss_offset), *ctx.callbacks],
     )
+    from . import evalgen
+
     generation_metrics = evalgen.callback(cfg, source.family, tokenizer, reg)
     if generation_metrics is not None:
         generation_metrics.trainer = trainer
