@@ -535,8 +535,9 @@ def _train_in_dir(cfg, source: ModelSource, reg, method, job_data, start) -> Tra
     staged = start.staging_dir() if is_main else None
     with gathered_for_save(trainer):  # ZeRO-3: every rank takes part in gathering the full weights
         if is_main:
-            save_outputs(trainer.model, tokenizer, source, method, staged, ctx, final_dir=out_dir)
+            save_outputs(trainer.model, tokenizer, source, method, staged, ctx)
     if is_main:
+        _repoint_to_final(staged, out_dir)
         summary = {"global_step": trainer.state.global_step, "train_loss": train_loss,
                    "eval_loss_before": eval_before, "eval_loss_after": eval_after, **params}
         summary.pop("trainable_names")
@@ -578,13 +579,22 @@ def _checkpoint_global_step(ckpt: str | None) -> int:
         return rundir.checkpoint_step(ckpt) or 0
 
 
-def save_outputs(model, tokenizer, source: ModelSource, method, out_dir: str, ctx: PeftContext,
-                 final_dir: str | None = None) -> None:
-    """Write the final model: a full checkpoint, or the method's trained part (+ the base for presets).
+def _repoint_to_final(staged: str, out_dir: str) -> None:
+    """Paths the savers wrote into the staged files (the preset base of an adapter) point at ``out_dir``."""
+    path = os.path.join(staged, "adapter_config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        acfg = json.load(f)
+    base = acfg.get("base_model_name_or_path")
+    if isinstance(base, str) and os.path.abspath(base).startswith(os.path.abspath(staged) + os.sep):
+        acfg["base_model_name_or_path"] = os.path.join(os.path.abspath(out_dir),
+                                                       os.path.relpath(os.path.abspath(base), os.path.abspath(staged)))
+        _write_atomic(path, json.dumps(acfg, indent=2))
 
-    ``final_dir`` is where ``out_dir`` (a staging directory) will be moved; paths
-    written into the files point there.
-    """
+
+def save_outputs(model, tokenizer, source: ModelSource, method, out_dir: str, ctx: PeftContext) -> None:
+    """Write the final model: a full checkpoint, or the method's trained part (+ the base for presets)."""
     if hasattr(model, "module") and not hasattr(model, "save_pretrained"):
         model = model.module
     if method.save is not None:
@@ -597,10 +607,10 @@ def save_outputs(model, tokenizer, source: ModelSource, method, out_dir: str, ct
     if method.load is not None and source.preset is not None:
         # a preset has no directory to reload the base from; keep the exact base weights
         base = model.get_base_model() if hasattr(model, "get_base_model") else None
-        _save_preset_base(source, out_dir, base, final_dir or out_dir)
+        _save_preset_base(source, out_dir, base)
 
 
-def _save_preset_base(source: ModelSource, out_dir: str, trained_base, final_dir: str | None = None) -> None:
+def _save_preset_base(source: ModelSource, out_dir: str, trained_base) -> None:
     """Save the untouched preset base model next to the adapter so the run reloads anywhere."""
     from .modeling import LoadOptions as _LO
 
@@ -612,5 +622,5 @@ def _save_preset_base(source: ModelSource, out_dir: str, trained_base, final_dir
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
                 acfg = json.load(f)
-            acfg["base_model_name_or_path"] = os.path.abspath(os.path.join(final_dir or out_dir, BASE_MODEL_DIR))
+            acfg["base_model_name_or_path"] = os.path.abspath(base_dir)
             _write_atomic(path, json.dumps(acfg, indent=2))
