@@ -327,6 +327,15 @@ class RunDirState:
         return (self.state or {}).get("status") == "complete"
 
 
+# written by a launcher into output_dir before its workers start (the workers read them, a scheduler
+# appends its log): not a previous run's files, never removed by --overwrite
+LAUNCHER_FILES = ("launch_config.yaml", "deepspeed.json", "slurm.sbatch", "pytorchjob.yaml")
+
+
+def is_launcher_file(name: str) -> bool:
+    return name in LAUNCHER_FILES or (name.startswith("slurm-") and name.endswith(".out"))
+
+
 def inspect_run_dir(path: str) -> RunDirState:
     """Look at ``path`` without writing anything."""
     if not os.path.exists(path):
@@ -334,7 +343,8 @@ def inspect_run_dir(path: str) -> RunDirState:
     if not os.path.isdir(path):
         raise RunDirError(f"output_dir: {path} exists and is not a directory")
     try:
-        entries = sorted(e for e in os.listdir(path) if not e.startswith(TRASH_PREFIX) and e != LOCK_FILE)
+        entries = sorted(e for e in os.listdir(path)
+                         if not e.startswith(TRASH_PREFIX) and e != LOCK_FILE and not is_launcher_file(e))
     except OSError as exc:
         raise RunDirError(f"output_dir: cannot read {path}: {exc.strerror}") from None
     return RunDirState(path, exists=True, entries=entries, state=read_run_state(path), checkpoints=checkpoints(path))
@@ -530,7 +540,7 @@ def clear_run_dir(run_dir: str) -> list[str]:
     The run state and ``lmforge.yaml`` go last, so a kill midway leaves a directory
     that is still recognised as a run (and can be overwritten again).
     """
-    names = [n for n in os.listdir(run_dir) if n != LOCK_FILE]
+    names = [n for n in os.listdir(run_dir) if n != LOCK_FILE and not is_launcher_file(n)]
     last = [n for n in (RUN_CONFIG, RUN_STATE) if n in names]
     for name in [n for n in names if n not in last] + last:
         _remove_tree(os.path.join(run_dir, name))

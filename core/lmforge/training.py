@@ -372,7 +372,12 @@ def run_training(raw_cfg: Mapping, registry=None) -> TrainResult:
 
     reg = registry or get_registry()
     cfg = validate(raw_cfg, reg)
-    rundir.refuse_if_locked(cfg["output_dir"])  # a second run into a busy directory fails before any import
+    from .runstart import PREPARED_ENV
+
+    # a second run into a busy directory fails before any import (rank 0 only; the ranks of a
+    # launched job, and the workers of other nodes, run under the lock their launcher holds)
+    if int(os.environ.get("RANK", "0")) == 0 and os.environ.get(PREPARED_ENV) != os.path.abspath(cfg["output_dir"]):
+        rundir.refuse_if_locked(cfg["output_dir"])
     validate_train_section(cfg)
     source = resolve_model(cfg["model"], family=cfg.get("family"), registry=reg)
     check_capabilities(cfg, source, reg)
