@@ -255,7 +255,7 @@ def _trainer_classes():
                         cb.save_checkpoint_state(self.model, os.path.join(staging_root, name))
                 _write_loss_state(self, os.path.join(staging_root, name))
                 final = os.path.join(run_dir, name)
-                _fsync_tree(os.path.join(staging_root, name))
+                rundir.fsync_tree(os.path.join(staging_root, name))
                 if os.path.exists(final):
                     rundir._remove_tree(final)
                 os.replace(os.path.join(staging_root, name), final)
@@ -306,16 +306,6 @@ def _barrier() -> None:
             dist.barrier()
     except Exception:  # noqa: BLE001
         pass
-
-
-def _fsync_tree(path: str) -> None:
-    for root, _, files in os.walk(path):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
 
 
 def _memory_mb() -> float:
