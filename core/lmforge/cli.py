@@ -17,6 +17,8 @@ import click
 from . import __version__
 from .cli_inference import COMMANDS as INFERENCE_COMMANDS
 from .errors import LmforgeError, user_errors  # noqa: F401  (plugins import user_errors from here)
+from .threads import click_option as threads_option
+from .threads import request as request_threads
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -119,10 +121,11 @@ def models_cmd(as_json: bool, family: str | None) -> None:
 @click.option("--master-port", type=int, default=None, help="launcher.master_port")
 @click.option("--zero", type=click.IntRange(0, 3), default=None, help="launcher.zero (deepspeed): ZeRO stage")
 @click.option("--submit", is_flag=True, help="slurm/kubernetes launchers: submit the job, not only write it")
+@threads_option
 @user_errors
 def train_cmd(config, overrides, model, output_dir, peft, max_steps, max_length, learning_rate, resume,
               trust_remote_code, dry_run, launcher_name, nproc_per_node, nnodes, node_rank, master_addr,
-              master_port, zero, submit) -> None:
+              master_port, zero, submit, threads) -> None:
     """Train from a YAML CONFIG (see docs/config.md; several processes, nodes, DeepSpeed, Slurm:
     docs/distributed.md)."""
     from .config import apply_launcher_env, apply_overrides, load_yaml, set_key, to_yaml, validate
@@ -134,7 +137,7 @@ def train_cmd(config, overrides, model, output_dir, peft, max_steps, max_length,
                        ("launcher.nproc_per_node", nproc_per_node), ("launcher.nnodes", nnodes),
                        ("launcher.node_rank", node_rank), ("launcher.master_addr", master_addr),
                        ("launcher.master_port", master_port), ("launcher.zero", zero),
-                       ("launcher.submit", True if submit else None)):
+                       ("launcher.submit", True if submit else None), ("threads", threads)):
         if value is not None:
             set_key(raw, key, value)
     apply_launcher_env(raw, os.environ)
@@ -206,11 +209,14 @@ def _launch(cfg: dict, launcher) -> None:
 @click.option("--raw", is_flag=True, help="do not apply the chat template")
 @click.option("--json", "as_json", is_flag=True, help="print JSON results")
 @click.option("--trust-remote-code", is_flag=True)
+@threads_option
 @user_errors
 def generate_cmd(model, prompts, adapter, max_new_tokens, temperature, top_p, seed, raw, as_json,
-                 trust_remote_code) -> None:
+                 trust_remote_code, threads) -> None:
     """Generate from MODEL (run directory, checkpoint or preset) for each PROMPT (batched)."""
     from .generation import Completion
+
+    request_threads(threads)
 
     comp = Completion(model, adapter=adapter, trust_remote_code=trust_remote_code, raw=raw or None)
     results = comp.generate_batch(list(prompts), max_new_tokens=max_new_tokens, temperature=temperature,

@@ -346,6 +346,9 @@ def run_training(raw_cfg: Mapping, registry=None) -> TrainResult:
     reg = registry or get_registry()
     cfg = validate(raw_cfg, reg)
     validate_train_section(cfg)
+    from .threads import apply as apply_threads
+
+    apply_threads(cfg["threads"], log)  # before any torch work: never oversubscribe a shared CPU
     source = resolve_model(cfg["model"], family=cfg.get("family"), registry=reg)
     check_capabilities(cfg, source, reg)
     from . import evalgen
