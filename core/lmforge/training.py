@@ -444,6 +444,10 @@ def run_training(raw_cfg: Mapping, registry=None) -> TrainResult:
         processing_class=tokenizer,
         callbacks=[JsonlLogCallback(log_path), *ctx.callbacks],
     )
+    from . import runfiles
+
+    runfiles.pin_tensorboard_dir(trainer, out_dir)  # before the first evaluate() logs anything
+    trainer.add_callback(runfiles.callback())
     generation_metrics = evalgen.callback(cfg, source.family, tokenizer, reg)
     if generation_metrics is not None:
         generation_metrics.trainer = trainer
@@ -468,6 +472,7 @@ def run_training(raw_cfg: Mapping, registry=None) -> TrainResult:
     with gathered_for_save(trainer):  # ZeRO-3: every rank takes part in gathering the full weights
         if is_main:
             save_outputs(trainer.model, tokenizer, source, method, out_dir, ctx)
+            runfiles.remove_peft_cards(out_dir)
     if is_main:
         summary = {"global_step": trainer.state.global_step, "train_loss": result.training_loss,
                    "eval_loss_before": eval_before, "eval_loss_after": eval_after, **params}
@@ -522,10 +527,6 @@ def _save_preset_base(source: ModelSource, out_dir: str, trained_base) -> None:
     base_dir = os.path.join(out_dir, BASE_MODEL_DIR)
     fresh, tok = load_model(source, _LO(dtype="fp32"))
     save_model(fresh, tok, source.family, base_dir)
-    for name in ("adapter_config.json",):
-        path = os.path.join(out_dir, name)
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                acfg = json.load(f)
-            acfg["base_model_name_or_path"] = os.path.abspath(base_dir)
-            _write_atomic(path, json.dumps(acfg, indent=2))
+    from .runfiles import relative_base_reference
+
+    relative_base_reference(out_dir, base_dir)  # "base_model": the run directory stays relocatable
