@@ -91,3 +91,10 @@ def test_lora_run_directory_is_relocatable(tmp_path, monkeypatch):
         plain = PeftModel.from_pretrained(base, moved).eval()
         torch.testing.assert_close(plain(ids).logits, ref, rtol=0, atol=1e-5)
     assert not os.path.exists(os.path.join(moved, "README.md"))  # no peft model card
+    # the run's tokenizer renders the training prompt in plain transformers
+    from lmforge.generation import Completion
+
+    msgs = [{"role": "user", "content": "What is 3 plus 4?"}]
+    got = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+    got = list(got["input_ids"] if hasattr(got, "keys") else got)
+    assert got == Completion(moved).encode(msgs)

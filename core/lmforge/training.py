@@ -409,6 +409,9 @@ def run_training(raw_cfg: Mapping, registry=None) -> TrainResult:
 
     encoder = make_encoder(tokenizer, source.family, max_length=cfg["max_length"],
                            train_on_prompt=cfg["data"]["train_on_prompt"], template=cfg["data"]["template"])
+    from .chat_jinja import attach as attach_chat_template
+
+    attach_chat_template(tokenizer, encoder)  # saved tokenizers render the training prompt (apply_chat_template)
     # memory-mapped datasets; tokenized again only if the model's tokenizer differs from the one loaded alone
     train_feats, valid_feats = job_data.datasets_for(encoder)
     train_groups = None
