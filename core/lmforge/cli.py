@@ -153,6 +153,9 @@ def train_cmd(config, overrides, model, output_dir, peft, max_steps, max_length,
 
     launcher = get_registry().launcher(cfg["launcher"]["name"])
     if dry_run:
+        from .config import validate_train_section
+
+        validate_train_section(cfg)  # TrainingArguments names and combinations, as the run would check them
         click.echo(to_yaml(cfg))
         if launcher.launch is not None:  # schedulers: write and show the job script, do not submit
             cfg["launcher"]["submit"] = False

@@ -375,6 +375,9 @@ def validate_train_section(cfg: Mapping) -> None:
                 Option(key, simple).coerce(value, f"train.{key}")
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
+    from .trainargs import check as check_train_arguments
+
+    check_train_arguments(cfg)  # enum names (optim, lr_scheduler_type ...) with a did-you-mean, then combinations
 
 
 def to_yaml(cfg: Mapping) -> str:
