@@ -130,7 +130,7 @@ def choose(setting: Any = None, *, environ: Mapping[str, str] | None = None,
         if n == "auto":
             requested = "auto"  # OMP_NUM_THREADS=auto is not valid OpenMP, but means what it says
         else:
-            note = f" (over threads: {requested})" if requested not in (None, n) else ""
+            note = f" (over threads: {requested})" if isinstance(requested, int) and requested != n else ""
             return ThreadChoice(int(n), f"OMP_NUM_THREADS={omp}{note}")
     if requested is None:
         requested = parse(env.get(ENV), ENV) or "auto"
