@@ -122,14 +122,17 @@ def models_cmd(as_json: bool, family: str | None) -> None:
 @click.option("--zero", type=click.IntRange(0, 3), default=None, help="launcher.zero (deepspeed): ZeRO stage")
 @click.option("--submit", is_flag=True, help="slurm/kubernetes launchers: submit the job, not only write it")
 @threads_option
+@click.option("--verbose", is_flag=True, help="also show the libraries' deprecation warnings and notices")
 @user_errors
 def train_cmd(config, overrides, model, output_dir, peft, max_steps, max_length, learning_rate, resume,
               trust_remote_code, dry_run, launcher_name, nproc_per_node, nnodes, node_rank, master_addr,
-              master_port, zero, submit, threads) -> None:
+              master_port, zero, submit, threads, verbose) -> None:
     """Train from a YAML CONFIG (see docs/config.md; several processes, nodes, DeepSpeed, Slurm:
     docs/distributed.md)."""
     from .config import apply_launcher_env, apply_overrides, load_yaml, set_key, to_yaml, validate
+    from .quiet import set_verbose
 
+    set_verbose(verbose)
     raw = apply_overrides(load_yaml(config), list(overrides))
     for key, value in (("model", model), ("output_dir", output_dir), ("peft.method", peft),
                        ("train.max_steps", max_steps), ("max_length", max_length),
@@ -251,6 +254,9 @@ def build_cli() -> click.Group:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .quiet import configure_warnings
+
+    configure_warnings()  # LMFORGE_VERBOSE=1 (or train --verbose) shows the libraries' deprecation warnings
     build_cli()(args=argv, prog_name="lmforge")
 
 

@@ -349,6 +349,11 @@ def run_training(raw_cfg: Mapping, registry=None) -> TrainResult:
     from .threads import apply as apply_threads
 
     apply_threads(cfg["threads"], log)  # before any torch work: never oversubscribe a shared CPU
+    import torch
+
+    from .quiet import configure_for_training
+
+    configure_for_training(torch.cuda.is_available())  # no library noise unless --verbose
     source = resolve_model(cfg["model"], family=cfg.get("family"), registry=reg)
     check_capabilities(cfg, source, reg)
     from . import evalgen
