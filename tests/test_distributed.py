@@ -107,6 +107,21 @@ def test_deepspeed_zero_two_processes_equal_one(tmp_path, reference, zero, peft)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("peft", ["full", "lora"])
+def test_fsdp_two_processes_equal_one(tmp_path, reference, peft):
+    out, res = train(tmp_path, "fsdp", "--peft", peft, "--set", "train.per_device_train_batch_size=2",
+                     *NO_DROPOUT[peft], "--launcher", "fsdp", "--nproc-per-node", "2",
+                     "--master-port", str(free_port()))
+    cfg = __import__("yaml").safe_load(open(out / "launch_config.yaml"))
+    assert cfg["train"]["fsdp"] is True and cfg["train"]["fsdp_config"]["version"] == 2
+    assert losses(out) == pytest.approx(losses(reference[peft]), abs=1e-4)
+    got, want = weights(out), weights(reference[peft])
+    assert set(got) == set(want)
+    for k in want:
+        assert got[k].shape == want[k].shape and torch.allclose(got[k].float(), want[k].float(), atol=1e-4), k
+
+
+@pytest.mark.slow
 def test_resume_from_a_zero_checkpoint_reaches_the_uninterrupted_weights(tmp_path):
     common = ["--set", "train.per_device_train_batch_size=2", "--set", "train.save_steps=2",
               "--launcher", "deepspeed", "--zero", "2", "--nproc-per-node", "2"]
@@ -116,6 +131,30 @@ def test_resume_from_a_zero_checkpoint_reaches_the_uninterrupted_weights(tmp_pat
                        f"train.resume_from_checkpoint={full / 'checkpoint-2'}")
     a, b = weights(full), weights(resumed)
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+@pytest.mark.slow
+def test_merge_rebuilds_a_plain_checkpoint_from_zero3_shards(tmp_path):
+    # a DeepSpeed JSON of the user's own that does not gather weights on save: model.safetensors in
+    # the checkpoint then holds placeholders, and only the shards have the weights
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": False},
+                              "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+                              "train_batch_size": "auto"}))
+    out, _ = train(tmp_path, "z3raw", "--set", "train.per_device_train_batch_size=2", "--set", "train.save_steps=4",
+                   "--launcher", "deepspeed", "--set", f"launcher.config={ds}", "--nproc-per-node", "2",
+                   "--master-port", str(free_port()))
+    ckpt = out / "checkpoint-4"
+    merged = tmp_path / "merged"
+    res = subprocess.run([sys.executable, "-m", "lmforge.cli", "merge", str(ckpt), "-o", str(merged)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    reference = AutoModelForCausalLM.from_pretrained(out)  # the final save, gathered by lmforge
+    for (name, a), (_, b) in zip(model.state_dict().items(), reference.state_dict().items()):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-6), name
 
 
 @pytest.mark.slow
@@ -218,3 +257,51 @@ def test_kubernetes_pytorchjob_and_the_environment_torchrun_sees(tmp_path):
         assert (args.master_addr, args.master_port) == ("lmforge-run-master-0", 23456)
         assert args.training_script == "lmforge.worker" and args.module
         assert args.training_script_args == ["/etc/lmforge/lmforge.yaml"]
+
+
+def _workers(out) -> list[int]:
+    """Worker processes of a run (not torchrun itself, whose command line names the worker too)."""
+    ps = subprocess.run(["pgrep", "-f", f"lmforge.worker {out}"], capture_output=True, text=True).stdout.split()
+    pids = []
+    for p in ps:
+        try:
+            cmd = open(f"/proc/{p}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if b"torch.distributed.run" not in cmd:
+            pids.append(int(p))
+    return sorted(pids)
+
+
+@pytest.mark.slow
+def test_a_killed_rank_stops_every_rank_and_resume_reaches_the_uninterrupted_weights(tmp_path):
+    import signal
+    import time
+
+    common = ["--set", "train.per_device_train_batch_size=2", "--set", "train.max_steps=24",
+              "--set", "train.save_steps=4", "--set", "train.save_total_limit=10", "--launcher", "torchrun",
+              "--nproc-per-node", "2"]
+    full, _ = train(tmp_path, "uninterrupted", *common, "--master-port", str(free_port()))
+    cfg = tmp_path / "base.yaml"
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "lmforge.cli", "train", str(cfg), "-o", str(out), *common,
+                             "--master-port", str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint-8").is_dir():
+        assert proc.poll() is None and time.monotonic() < deadline, "training ended before checkpoint-8"
+        time.sleep(0.05)
+    workers = _workers(out)
+    assert len(workers) == 2, workers
+    os.kill(workers[-1], signal.SIGKILL)  # one rank dies mid-run
+    t = time.monotonic()
+    proc.communicate(timeout=120)
+    waited = time.monotonic() - t
+    assert proc.returncode != 0
+    assert waited < 60, f"the surviving rank took {waited:.0f} s to stop"
+    assert not _workers(out), "a rank hangs"
+    assert not (out / "model.safetensors").exists()
+    # the last complete checkpoint is intact; --resume continues from it to the same weights
+    resumed = train(tmp_path, "killed", *common, "--master-port", str(free_port()), "--resume")[0]
+    a, b = weights(full), weights(resumed)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6

@@ -54,3 +54,8 @@ def test_torchrun_two_processes_train_ddp(tmp_path):
     assert state["train_batch_size"] == 2
     logged = [json.loads(line) for line in open(out / "train_log.jsonl")]
     assert len([r for r in logged if "loss" in r]) == 4, "only rank 0 writes the log"
+    # the launcher parent held the directory for its workers; the run is recorded complete and not reused
+    assert json.load(open(out / "lmforge_run.json"))["status"] == "complete"
+    again = subprocess.run([sys.executable, "-m", "lmforge.cli", "train", str(cfg)], capture_output=True, text=True,
+                           timeout=600, env=env)
+    assert again.returncode == 2 and "already holds a complete run" in again.stderr

@@ -10,7 +10,7 @@ from importlib import metadata
 
 import pytest
 
-from lmforge.errors import PluginError
+from lmforge.errors import PluginConflictError, PluginError
 from lmforge.plugins import Registry, get_registry
 
 from lmforge_testing import dist_entry_points, make_fake_dist
@@ -82,27 +82,122 @@ def test_strict_mode_reraises(tmp_path, monkeypatch):
         sys.path.remove(root)
 
 
-def test_duplicate_names_are_refused_naming_both_distributions(tmp_path, monkeypatch):
+def _evil_registry(root, order=1, extra_eps=()):
+    eps = installed_eps() + dist_entry_points(root, "evil-llama") + list(extra_eps)
+    reg = Registry()
+    key = lambda e: (e.dist.metadata["Name"] if e.dist else "", e.name)  # noqa: E731
+    unique = {(key(e), e.value): e for e in eps}.values()  # the fake dist is on sys.path, so listed twice
+    for ep in sorted(unique, key=key, reverse=order < 0):
+        reg._load_one(ep)
+    return reg
+
+
+def test_contested_name_is_refused_for_both_whatever_the_load_order(tmp_path, monkeypatch):
     root = make_fake_dist(str(tmp_path), "evil-llama", "1.0", {"lmf_dup": DUP_FAMILY}, {"dup": "lmf_dup"})
     sys.path.insert(0, root)
     try:
-        reg = Registry()
-        reg.load_entry_points(installed_eps() + dist_entry_points(root, "evil-llama"))
-        rows = {d["name"]: d for d in reg.plugins_json()}
-        pair = [rows["evil-llama"], rows["llm-plugins-llama"]]
-        broken = [r for r in pair if r["status"] == "broken"]
-        assert len(broken) == 1, "exactly one of the two is refused"
-        assert "llm-plugins-llama" in broken[0]["error"] and "evil-llama" in broken[0]["error"]
-        assert broken[0]["registered"] == {}
-        # the other registration is intact and owns the name
-        winner = [r for r in pair if r["status"] == "ok"][0]
-        assert reg.plugin_of("model_families", "llama").distribution == winner["name"]
+        outcomes = []
+        for order in (1, -1):
+            reg = _evil_registry(root, order)
+            rows = {d["name"]: d for d in reg.plugins_json()}
+            # neither distribution is broken; both are told about the conflict, naming both
+            for name in ("evil-llama", "llm-plugins-llama"):
+                assert rows[name]["status"] == "ok"
+                assert len(rows[name]["conflicts"]) == 1
+                assert "evil-llama" in rows[name]["conflicts"][0] and "llm-plugins-llama" in rows[name]["conflicts"][0]
+            with pytest.raises(PluginConflictError, match="registered twice.*LMFORGE_DISABLE_PLUGINS") as err:
+                reg.family("llama")
+            with pytest.raises(PluginConflictError, match="contested family"):
+                reg.find_preset("tiny-llama")
+            # a llama checkpoint is not silently claimed by the generic causal-lm family instead
+            with pytest.raises(PluginConflictError):
+                reg.family_for_config({"model_type": "llama", "architectures": ["LlamaForCausalLM"]})
+            # everything else keeps working
+            assert reg.peft_method("lora").name == "lora" and reg.family("bloom").name == "bloom"
+            outcomes.append((str(err.value), sorted(reg.names("model_families"))))
+        assert outcomes[0] == outcomes[1], "the outcome must not depend on the load order"
+        # disabling one of the two gives the name to the other
+        monkeypatch.setenv("LMFORGE_DISABLE_PLUGINS", "evil-llama")
+        reg = _evil_registry(root)
+        assert reg.plugin_of("model_families", "llama").distribution == "llm-plugins-llama"
+        assert reg.find_preset("tiny-llama")[0].name == "llama"
+        assert {d["name"]: d for d in reg.plugins_json()}["evil-llama"]["status"] == "disabled"
+        monkeypatch.delenv("LMFORGE_DISABLE_PLUGINS")
+        # ... as does an allowlist (lmforge's built-ins always load)
+        monkeypatch.setenv("LMFORGE_PLUGINS", "llm-plugins-llama")
+        reg = _evil_registry(root)
+        assert reg.plugin_of("model_families", "llama").distribution == "llm-plugins-llama"
+        assert reg.peft_method("lora").name == "lora"
+        monkeypatch.delenv("LMFORGE_PLUGINS")
         monkeypatch.setenv("LMFORGE_STRICT_PLUGINS", "1")
-        reg2 = Registry()
         with pytest.raises(PluginError, match="registered twice"):
-            reg2.load_entry_points(installed_eps() + dist_entry_points(root, "evil-llama"))
+            _evil_registry(root)
     finally:
         sys.path.remove(root)
+
+
+PRESET_THIEF = """
+from lmforge import hookimpl
+from lmforge.descriptors import ModelFamily, Preset
+
+@hookimpl
+def register_model_families(register):
+    register(ModelFamily(name="thief", aliases=("bloom",), loader="x:y", arch_from_config=lambda c: None,
+                         presets=(Preset(name="tiny-llama", config={"model_type": "thief"}, tiny=True),
+                                  Preset(name="thief-1b", config={"model_type": "thief"}))))
+"""
+
+
+def test_preset_names_and_aliases_are_unique_across_families(tmp_path):
+    root = make_fake_dist(str(tmp_path), "preset-thief", "0.1", {"lmf_thief": PRESET_THIEF}, {"thief": "lmf_thief"})
+    sys.path.insert(0, root)
+    try:
+        for order in (1, -1):
+            reg = Registry()
+            eps = installed_eps() + dist_entry_points(root, "preset-thief")
+            unique = {(e.dist.metadata["Name"], e.name, e.value): e for e in eps}
+            for k in sorted(unique, reverse=order < 0):
+                reg._load_one(unique[k])
+            with pytest.raises(PluginConflictError, match=r"preset name 'tiny-llama'.*preset-thief.*llm-plugins-llama"
+                               r"|preset name 'tiny-llama'.*llm-plugins-llama.*preset-thief"):
+                reg.find_preset("tiny-llama")
+            with pytest.raises(PluginConflictError, match="'bloom'"):
+                reg.family("bloom")
+            # the rest of both families keeps working
+            assert reg.find_preset("thief-1b")[0].name == "thief"
+            assert reg.find_preset("llama-2-7b")[0].name == "llama"
+            assert reg.family("thief").name == "thief" and reg.family("llama").name == "llama"
+    finally:
+        sys.path.remove(root)
+
+
+SLOW = """
+import time
+from lmforge import hookimpl
+from lmforge.descriptors import DataFormat, Example
+time.sleep(1.2)
+
+@hookimpl
+def register_data_formats(register):
+    register(DataFormat(name="slow_qa", detect=lambda r: False, convert=lambda r: [], required_fields=()))
+"""
+
+
+def test_plugins_shows_load_times_and_warns_about_a_slow_plugin(tmp_path):
+    root = make_fake_dist(str(tmp_path), "lmforge-slow", "0.1", {"lmf_slow": SLOW}, {"slow": "lmf_slow"})
+    res = _run_cli(["plugins"], {"PYTHONPATH": root})
+    assert res.returncode == 0, res.stderr
+    assert "loaded in" in res.stdout
+    line = [ln for ln in res.stdout.splitlines() if "warning: slow to load" in ln]
+    assert len(line) == 1 and "LMFORGE_DISABLE_PLUGINS=lmforge-slow" in line[0]
+    assert "warning: plugin lmforge-slow took" in res.stderr
+    res = _run_cli(["plugins", "--json"], {"PYTHONPATH": root})
+    rows = {r["name"]: r for r in json.loads(res.stdout)}
+    assert rows["lmforge-slow"]["load_seconds"] >= 1.2 > rows["lmforge"]["load_seconds"]
+    # disabled, it costs nothing and says so
+    res = _run_cli(["plugins", "--json"], {"PYTHONPATH": root, "LMFORGE_DISABLE_PLUGINS": "lmforge-slow"})
+    rows = {r["name"]: r for r in json.loads(res.stdout)}
+    assert rows["lmforge-slow"]["status"] == "disabled" and rows["lmforge-slow"]["load_seconds"] == 0
 
 
 def test_unknown_names_help():

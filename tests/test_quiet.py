@@ -13,7 +13,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # what a finished LoRA run on a preset holds (DESIGN.md §4): nothing else, e.g. no peft README.md
 LORA_RUN_FILES = {"adapter_config.json", "adapter_model.safetensors", "base_model", "chat_template.jinja",
                   "checkpoint-2", "lmforge.yaml", "memory_estimate.json", "runs", "tokenizer.json",
-                  "tokenizer_config.json", "train_log.jsonl", "train_results.json", "trainable_params.json"}
+                  "tokenizer_config.json", "train_log.jsonl", "train_results.json", "trainable_params.json",
+                  "lmforge_run.json", ".lmforge.lock"}  # the last two: the run state and its lock (rundir.py)
 
 
 def run(tmp_path, *extra):

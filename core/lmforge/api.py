@@ -23,6 +23,8 @@ _KEYMAP = {
     "dynamic_batch": "dynamic_batch",
     "gpu_memory": "gpu_memory",
     "memory_margin": "memory_margin",
+    "overwrite": "overwrite",
+    "force_resume": "force_resume",
 }
 
 
@@ -76,7 +78,8 @@ class FineTune:
 
         Keyword arguments: ``max_length``, ``dtype``, ``data_format``,
         ``train_on_prompt``, ``use_packed_training=True`` (= ``packing: true``),
-        ``online_packing``, ``resume=True``, ``epoch`` (= ``num_train_epochs``),
+        ``online_packing``, ``resume=True`` (continue the run in ``output_dir``),
+        ``overwrite=True`` (replace it), ``force_resume=True``, ``epoch`` (= ``num_train_epochs``),
         ``dynamic_batch=True`` with ``gpu_memory`` / ``memory_margin`` (see docs/memory.md)
         and any ``transformers.TrainingArguments`` field (``max_steps``,
         ``learning_rate``, ``per_device_train_batch_size`` ...).

@@ -16,6 +16,7 @@ import click
 
 from . import __version__
 from .cli_inference import COMMANDS as INFERENCE_COMMANDS
+from .cli_inference import make_params, sampling_options
 from .errors import LmforgeError, user_errors  # noqa: F401  (plugins import user_errors from here)
 from .threads import click_option as threads_option
 from .threads import request as request_threads
@@ -36,20 +37,29 @@ def plugins_cmd(as_json: bool, show_errors: bool) -> None:
     """List installed plugin distributions, their status and what they registered."""
     from .plugins import get_registry
 
+    from .plugins import slow_plugin_seconds
+
     reg = get_registry()
     rows = reg.plugins_json()
     if as_json:
-        out = [{k: r[k] for k in ("name", "version", "status", "error", "hooks", "registered")} | {"modules": r["modules"]}
-               for r in rows]
+        keys = ("name", "version", "status", "error", "hooks", "registered", "conflicts", "load_seconds")
+        out = [{k: r[k] for k in keys} | {"modules": r["modules"]} for r in rows]
         click.echo(json.dumps(out, indent=2, ensure_ascii=False))
         return
+    slow = slow_plugin_seconds()
     for r in rows:
-        status = click.style(r["status"], fg="green" if r["status"] == "ok" else "red")
-        click.echo(f"{r['name']} {r['version']}  [{status}]")
+        colour = {"ok": "green", "disabled": "yellow"}.get(r["status"], "red")
+        status = click.style(r["status"], fg=colour)
+        click.echo(f"{r['name']} {r['version']}  [{status}]  loaded in {r['load_seconds'] * 1000:.0f} ms")
         for kind, names in r["registered"].items():
             click.echo(f"    {kind.replace('_', ' '):18} {', '.join(names)}")
         if r["error"]:
             click.echo(f"    error: {r['error']}")
+        for c in r["conflicts"]:
+            click.echo(f"    conflict: {c}")
+        if r["load_seconds"] > slow:
+            click.echo(f"    warning: slow to load ({r['load_seconds']:.1f} s, over {slow} s); every lmforge command "
+                       f"waits for it (LMFORGE_DISABLE_PLUGINS={r['name']} skips it)")
     if show_errors:
         for rec in reg.records:
             tb = getattr(rec, "traceback", None)
@@ -111,6 +121,9 @@ def models_cmd(as_json: bool, family: str | None) -> None:
 @click.option("--max-length", type=int, default=None, help="max_length")
 @click.option("--learning-rate", "--lr", type=float, default=None, help="train.learning_rate")
 @click.option("--resume", is_flag=True, help="continue from the latest checkpoint in the output directory")
+@click.option("--overwrite", is_flag=True, help="delete a previous run in the output directory first")
+@click.option("--force-resume", is_flag=True, help="with --resume: continue even if the config changes the "
+              "model, data, batch or PEFT settings of the saved run")
 @click.option("--trust-remote-code", is_flag=True, help="allow code shipped with the checkpoint to run")
 @click.option("--dry-run", is_flag=True, help="validate and print the resolved config, then stop")
 @click.option("--launcher", "launcher_name", default=None, help="launcher.name (local, torchrun, deepspeed, slurm ...)")
@@ -124,8 +137,8 @@ def models_cmd(as_json: bool, family: str | None) -> None:
 @threads_option
 @click.option("--verbose", is_flag=True, help="also show the libraries' deprecation warnings and notices")
 @user_errors
-def train_cmd(config, overrides, model, output_dir, peft, max_steps, max_length, learning_rate, resume,
-              trust_remote_code, dry_run, launcher_name, nproc_per_node, nnodes, node_rank, master_addr,
+def train_cmd(config, overrides, model, output_dir, peft, max_steps, max_length, learning_rate, resume, overwrite,
+              force_resume, trust_remote_code, dry_run, launcher_name, nproc_per_node, nnodes, node_rank, master_addr,
               master_port, zero, submit, threads, verbose) -> None:
     """Train from a YAML CONFIG (see docs/config.md; several processes, nodes, DeepSpeed, Slurm:
     docs/distributed.md)."""
@@ -146,6 +159,10 @@ def train_cmd(config, overrides, model, output_dir, peft, max_steps, max_length,
     apply_launcher_env(raw, os.environ)
     if resume:
         set_key(raw, "train.resume_from_checkpoint", True)
+    if overwrite:
+        raw["overwrite"] = True
+    if force_resume:
+        raw["force_resume"] = True
     if trust_remote_code:
         raw["trust_remote_code"] = True
     # plugins/lmforge_version in a reused lmforge.yaml are provenance, not input
@@ -180,9 +197,18 @@ def _launch(cfg: dict, launcher) -> None:
 
     from .config import to_yaml
     from .descriptors import LaunchSpec
+    from .runstart import launch_workers_config
 
     from .descriptors import resolve_ref
 
+    lc = cfg["launcher"]
+    start = None
+    if launcher.launch is None and (lc["nnodes"] == 1 or lc["node_rank"] == 0):
+        # checks, lock and --overwrite/--resume, held until the workers exit; on a multi-node job the
+        # node-0 parent prepares the (shared) output_dir, the other nodes' parents only start workers
+        start, cfg = launch_workers_config(cfg)
+        if start is None:
+            return
     os.makedirs(cfg["output_dir"], exist_ok=True)
     if launcher.prepare is not None:
         cfg = resolve_ref(launcher.prepare)(cfg)
@@ -200,7 +226,15 @@ def _launch(cfg: dict, launcher) -> None:
         sys.exit(resolve_ref(launcher.launch)(spec, cfg, path))
     argv = launcher.command(spec)
     click.echo(f"[lmforge] launching: {' '.join(argv)}", err=True)
-    sys.exit(subprocess.call(argv))
+    env = dict(os.environ)
+    if start is not None:
+        env[start.env_key] = os.path.abspath(cfg["output_dir"])
+    try:
+        code = subprocess.call(argv, env=env)
+    finally:
+        if start is not None:
+            start.release()
+    sys.exit(code)
 
 
 # ------------------------------------------------------------------ generate
@@ -208,25 +242,21 @@ def _launch(cfg: dict, launcher) -> None:
 @click.argument("model")
 @click.argument("prompts", nargs=-1, required=True)
 @click.option("--adapter", default=None, help="apply this adapter (or run directory) on top")
-@click.option("--max-new-tokens", type=int, default=128)
-@click.option("--temperature", type=float, default=0.0, help="0 = greedy")
-@click.option("--top-p", type=float, default=1.0)
-@click.option("--seed", type=int, default=None)
+@sampling_options
 @click.option("--raw", is_flag=True, help="do not apply the chat template")
 @click.option("--json", "as_json", is_flag=True, help="print JSON results")
 @click.option("--trust-remote-code", is_flag=True)
 @threads_option
 @user_errors
-def generate_cmd(model, prompts, adapter, max_new_tokens, temperature, top_p, seed, raw, as_json,
-                 trust_remote_code, threads) -> None:
+def generate_cmd(model, prompts, adapter, max_new_tokens, temperature, top_p, top_k, repetition_penalty, stop,
+                 seed, raw, as_json, trust_remote_code, threads) -> None:
     """Generate from MODEL (run directory, checkpoint or preset) for each PROMPT (batched)."""
-    from .generation import Completion
+    from .generation import Completion, Request
 
     request_threads(threads)
-
+    params = make_params(max_new_tokens, temperature, top_p, top_k, repetition_penalty, stop, seed)
     comp = Completion(model, adapter=adapter, trust_remote_code=trust_remote_code, raw=raw or None)
-    results = comp.generate_batch(list(prompts), max_new_tokens=max_new_tokens, temperature=temperature,
-                                  top_p=top_p, seed=seed)
+    results = comp.run([Request(comp.encode(p), params) for p in prompts])
     if as_json:
         click.echo(json.dumps([{"prompt": p, "text": r.text, "finish_reason": r.finish_reasons[0]}
                                for p, r in zip(prompts, results)], ensure_ascii=False, indent=1))
@@ -246,10 +276,14 @@ def build_cli() -> click.Group:
     from .plugins import get_registry
 
     try:
-        get_registry().add_commands(cli)
+        reg = get_registry()
+        reg.add_commands(cli)
     except LmforgeError as exc:  # strict mode: a broken plugin is fatal
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    for dist, seconds in reg.slow_plugins():
+        click.echo(f"warning: plugin {dist} took {seconds:.1f} s to load; every lmforge command waits for it "
+                   f"(see `lmforge plugins`; LMFORGE_DISABLE_PLUGINS={dist} skips it)", err=True)
     return cli
 
 

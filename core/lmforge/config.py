@@ -92,6 +92,9 @@ SCHEMA: dict[str, Any] = {
         "master_addr": Key(str, "127.0.0.1", "rendezvous address"),
         "master_port": Key(int, 29500, "rendezvous port"),
     },
+    "overwrite": Key(bool, False, "delete a previous run in output_dir before starting (lmforge train --overwrite)"),
+    "force_resume": Key(bool, False, "with train.resume_from_checkpoint: continue even when the config differs from "
+                        "the saved lmforge.yaml in keys that change the training trajectory (--force-resume)"),
     "plugins": Key(dict, None, "written by lmforge into lmforge.yaml: which plugin provided what (informational)"),
     "lmforge_version": Key(str, None, "written by lmforge into lmforge.yaml (informational)"),
 }

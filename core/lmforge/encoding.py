@@ -68,6 +68,37 @@ def features_from_segments(segments, stats: EncodeStats, *, max_length: int, tra
     return {"input_ids": input_ids, "labels": labels}
 
 
+# a text longer than (token limit x this) characters is tokenized by prefixes (see bounded_ids)
+PREFIX_CHARS_PER_TOKEN = 16
+# tokens past the limit a prefix must yield, so the cut never changes a kept token
+PREFIX_MARGIN_TOKENS = 64
+
+
+def bounded_ids(encode, text: str, limit: int | None) -> list[int]:
+    """``encode(text)``, but at most ``limit`` ids, tokenizing no more of ``text`` than that needs.
+
+    Tokenizing a 50 MB record whole to keep its first 512 tokens costs gigabytes
+    (the tokenizer's offsets, token strings and ids for millions of tokens). A
+    prefix is tokenized instead, doubled until it yields ``limit +
+    PREFIX_MARGIN_TOKENS`` ids; the first ``limit`` ids of a prefix cut at
+    whitespace that far beyond them are those of the whole text (tokenizers merge
+    within a few characters of a position only). Memory stays proportional to
+    ``limit`` plus the record itself.
+    """
+    if limit is None:
+        return encode(text)
+    if len(text) <= limit * PREFIX_CHARS_PER_TOKEN:
+        return list(encode(text)[:limit])
+    n = (limit + PREFIX_MARGIN_TOKENS) * 4
+    while n < len(text):
+        cut = text.rfind(" ", n - n // 8, n)  # end the prefix on a word boundary where there is one
+        ids = encode(text[: cut if cut > 0 else n])
+        if len(ids) >= limit + PREFIX_MARGIN_TOKENS:
+            return list(ids[:limit])
+        n *= 2
+    return list(encode(text)[:limit])
+
+
 class TemplateEncoder:
     """Default encoder: chat template segments -> ``input_ids`` and ``labels``.
 
@@ -90,9 +121,14 @@ class TemplateEncoder:
         self.stats = EncodeStats()
 
     # ----------------------------------------------------------------- pieces
+    _limit: int | None = None  # set while encode() runs: no segment needs more than max_length + 1 ids
+
     def _ids(self, text: str) -> list[int]:
         if not text:
             return []
+        return bounded_ids(self._encode_text, text, self._limit)
+
+    def _encode_text(self, text: str) -> list[int]:
         backend = self._fast_backend()
         if backend is not None:  # same ids as tokenizer.encode, without its per-call wrapper cost
             return backend.encode(text, add_special_tokens=False).ids
@@ -131,7 +167,12 @@ class TemplateEncoder:
 
     # ----------------------------------------------------------------- API
     def encode(self, example: Example) -> dict[str, Any] | None:
-        return features_from_segments(self.segments(example), self.stats, max_length=self.max_length,
+        self._limit = self.max_length + 1  # one past the limit, so truncation is still counted
+        try:
+            segments = self.segments(example)
+        finally:
+            self._limit = None
+        return features_from_segments(segments, self.stats, max_length=self.max_length,
                                       train_on_prompt=self.train_on_prompt, source=example.source)
 
     def encode_prompt(self, messages: Sequence[Message] | str) -> list[int]:

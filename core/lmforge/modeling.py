@@ -73,6 +73,9 @@ def resolve_model(model: str, family: str | None = None, registry=None) -> Model
     reg = registry or get_registry()
     forced = reg.family(family) if family else None
     if os.path.isdir(model):
+        from .rundir import check_run_complete
+
+        check_run_complete(model)  # an interrupted run says so (and how to resume) instead of failing on a file
         config = read_config_json(model)
         fam = forced or reg.family_for_config(config, where=os.path.join(model, "config.json"))
         return ModelSource(family=fam, config=config, path=os.path.abspath(model))
@@ -166,9 +169,17 @@ def hf_load(
         kwargs["attn_implementation"] = options.attn_implementation
     if source.path is not None:
         check_remote_code(source.path, source.config, options.trust_remote_code)
-        model = cls.from_pretrained(
-            source.path, dtype=dtype, trust_remote_code=options.trust_remote_code, **kwargs
-        )
+        from .artefacts import check_model_dir, unpickling_message
+
+        check_model_dir(source.path)  # truncated/corrupt weights name their file
+        import pickle
+
+        try:
+            model = cls.from_pretrained(
+                source.path, dtype=dtype, trust_remote_code=options.trust_remote_code, **kwargs
+            )
+        except pickle.UnpicklingError as exc:
+            raise LmforgeError(unpickling_message(source.path, exc)) from None
         if tokenizer_loader is not None:
             tokenizer = resolve_ref(tokenizer_loader)(source.path)
         else:
@@ -212,6 +223,9 @@ def load_tokenizer_dir(path: str, family: ModelFamily | None = None, trust_remot
     """
     if family is not None and family.tokenizer_loader is not None:
         return resolve_ref(family.tokenizer_loader)(path)
+    from .artefacts import check_tokenizer_code
+
+    check_tokenizer_code(path, trust_remote_code)
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -281,6 +295,13 @@ def load(
     from .plugins import get_registry
 
     reg = registry or get_registry()
+    from .rundir import check_run_complete
+
+    check_run_complete(path_or_preset)
+    if os.path.isdir(path_or_preset):
+        from .artefacts import check_weight_files
+
+        check_weight_files(path_or_preset)
     model, tokenizer, _ = _load_with_family(path_or_preset, trust_remote_code, dtype, attn_implementation, reg)
     if adapter is not None:
         model = apply_adapter(model, adapter, reg)
@@ -348,6 +369,9 @@ def family_of_run(run_dir: str, reg=None) -> ModelFamily:
     from .plugins import get_registry
 
     reg = reg or get_registry()
+    from .rundir import check_run_complete
+
+    check_run_complete(run_dir)
     run_cfg = read_run_config(run_dir)
     if os.path.isfile(os.path.join(run_dir, "config.json")):
         return resolve_model(run_dir, family=(run_cfg or {}).get("family"), registry=reg).family

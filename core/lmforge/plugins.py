@@ -3,13 +3,22 @@
 Plugins are found through the ``lmforge`` entry-point group (built-ins too) and
 loaded one at a time. A plugin that fails to import or to register is recorded
 as broken (distribution, version, error) and skipped; with
-``LMFORGE_STRICT_PLUGINS=1`` the error is re-raised instead. A name registered
-by two distributions is refused with an error naming both.
+``LMFORGE_STRICT_PLUGINS=1`` the error is re-raised instead.
+
+A name (family, alias, preset, PEFT method, data format, estimator, launcher)
+registered by two plugins is *contested*: it is refused for both, whatever
+order they load in, with an error naming both distributions, while everything
+else each of them registered keeps working. ``LMFORGE_DISABLE_PLUGINS=dist1,dist2``
+skips distributions (or ``dist:entry_point``); ``LMFORGE_PLUGINS=dist1,dist2`` is
+an allowlist (lmforge's own built-ins are always loaded unless disabled).
+Each plugin's load time is recorded; ``lmforge plugins`` shows it and warns
+about slow ones (over ``LMFORGE_SLOW_PLUGIN_SECONDS``, default 0.5).
 """
 
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -60,6 +69,36 @@ def strict_mode() -> bool:
     return os.environ.get("LMFORGE_STRICT_PLUGINS", "").strip().lower() in ("1", "true", "yes")
 
 
+def _norm(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+def _env_names(var: str) -> set[str] | None:
+    raw = os.environ.get(var)
+    if raw is None or not raw.strip():
+        return None
+    return {_norm(n) for n in raw.split(",") if n.strip()}
+
+
+def slow_plugin_seconds() -> float:
+    try:
+        return float(os.environ.get("LMFORGE_SLOW_PLUGIN_SECONDS", "0.5"))
+    except ValueError:
+        return 0.5
+
+
+def plugin_enabled(dist: str, entry_point: str) -> tuple[bool, str | None]:
+    """Whether ``LMFORGE_DISABLE_PLUGINS`` / ``LMFORGE_PLUGINS`` let this entry point load, and why not."""
+    disabled = _env_names("LMFORGE_DISABLE_PLUGINS") or set()
+    keys = {_norm(dist), _norm(f"{dist}:{entry_point}")}
+    if keys & disabled:
+        return False, "disabled by LMFORGE_DISABLE_PLUGINS"
+    allowed = _env_names("LMFORGE_PLUGINS")
+    if allowed is not None and _norm(dist) != "lmforge" and not keys & allowed:
+        return False, "not in LMFORGE_PLUGINS"
+    return True, None
+
+
 @dataclass
 class PluginRecord:
     """What the host knows about one loaded (or failed) plugin module."""
@@ -72,6 +111,8 @@ class PluginRecord:
     error: str | None = None
     hooks: list[str] = field(default_factory=list)
     registered: dict[str, list[str]] = field(default_factory=dict)
+    conflicts: list[str] = field(default_factory=list)
+    load_seconds: float = 0.0
 
     @property
     def label(self) -> str:
@@ -84,6 +125,19 @@ class Entry:
     plugin: PluginRecord
 
 
+@dataclass
+class Claim:
+    """One plugin's claim on a name: a descriptor's name, one of its aliases, or a preset name."""
+
+    descriptor: Any
+    plugin: PluginRecord
+    alias_of: str | None = None  # the family name, for an alias
+    family: Any = None  # for a preset: its family
+
+
+PRESETS = "presets"
+
+
 class Registry:
     """Every registered descriptor, by kind and name, plus the plugin records."""
 
@@ -93,6 +147,10 @@ class Registry:
         self.records: list[PluginRecord] = []
         self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
         self.aliases: dict[str, str] = {}
+        # every claim on every name; entries/aliases/presets are what is left after contested names are taken out
+        self.claims: dict[str, dict[str, list[Claim]]] = {kind: {} for kind in (*KINDS, PRESETS)}
+        self.contested: dict[str, dict[str, list[Claim]]] = {kind: {} for kind in (*KINDS, PRESETS)}
+        self.presets: dict[str, tuple[ModelFamily, Any]] = {}
 
     # ---------------------------------------------------------------- loading
     def load_entry_points(self, entry_points: Iterable[metadata.EntryPoint] | None = None) -> None:
@@ -111,12 +169,20 @@ class Registry:
         version = _dist_version(ep)
         record = PluginRecord(entry_point=ep.name, module=ep.value, distribution=dist, version=version)
         self.records.append(record)
-        try:
-            obj = ep.load()
-        except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's, not ours
-            self._fail(record, exc, "import failed")
+        enabled, why = plugin_enabled(dist, ep.name)
+        if not enabled:
+            record.status, record.error = "disabled", why
             return
-        self.add_plugin(obj, record)
+        t0 = time.perf_counter()
+        try:
+            try:
+                obj = ep.load()
+            except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's, not ours
+                self._fail(record, exc, "import failed")
+                return
+            self.add_plugin(obj, record)
+        finally:
+            record.load_seconds = time.perf_counter() - t0
 
     def add_plugin(self, obj: Any, record: PluginRecord) -> None:
         """Register an already-imported plugin object under ``record`` and run its hooks."""
@@ -136,15 +202,12 @@ class Registry:
                     continue
                 fn(register=self._make_register(kind, record, added))
         except Exception as exc:  # noqa: BLE001
-            for kind, name in added:
-                self._remove(kind, name)
+            self._drop_claims(record)
             record.registered = {}
             self.pm.unregister(obj)
-            if isinstance(exc, PluginConflictError):
+            if isinstance(exc, PluginConflictError):  # strict mode only
                 record.status, record.error = "broken", str(exc)
-                if strict_mode():
-                    raise
-                return
+                raise
             self._fail(record, exc, "registration failed")
 
     def _make_register(self, kind: str, record: PluginRecord, added: list):
@@ -156,22 +219,70 @@ class Registry:
                     f"{REGISTRATION_HOOKS[kind]} must register {expected.__name__} objects, "
                     f"got {type(descriptor).__name__}"
                 )
-            names = [descriptor.name] + list(getattr(descriptor, "aliases", ()) or ())
-            for name in names:
-                owner = self._owner(kind, name)
-                if owner is not None:
-                    raise PluginConflictError(
-                        f"{KIND_NAMES[kind]} name {name!r} is registered twice: by "
-                        f"{owner.plugin.label} and by {record.label}; uninstall one of the two distributions"
-                    )
-            self.entries[kind][descriptor.name] = Entry(descriptor, record)
+            claims = [(kind, descriptor.name, Claim(descriptor, record))]
+            claims += [(kind, alias, Claim(descriptor, record, alias_of=descriptor.name))
+                       for alias in (getattr(descriptor, "aliases", ()) or ())]
             if kind == "model_families":
-                for alias in names[1:]:
-                    self.aliases[alias] = descriptor.name
+                claims += [(PRESETS, p.name, Claim(p, record, family=descriptor)) for p in descriptor.presets]
+            if strict_mode():
+                for k, name, claim in claims:
+                    others = [c for c in self.claims[k].get(name, [])] + [
+                        c for k2, n2, c in claims if k2 == k and n2 == name and c is not claim]
+                    if others:
+                        raise PluginConflictError(self.conflict_message(k, name, [*others, claim]))
+            for k, name, claim in claims:
+                self.claims[k].setdefault(name, []).append(claim)
             record.registered.setdefault(kind, []).append(descriptor.name)
             added.append((kind, descriptor.name))
+            self._rebuild()
 
         return register
+
+    # ---------------------------------------------------------------- name ownership
+    def conflict_message(self, kind: str, name: str, claims: list[Claim]) -> str:
+        what = "preset" if kind == PRESETS else KIND_NAMES[kind]
+        labels = []
+        for c in claims:
+            where = f" (family {c.family.name!r})" if c.family is not None else (
+                f" (alias of {c.alias_of!r})" if c.alias_of else "")
+            if c.plugin.label + where not in labels:
+                labels.append(c.plugin.label + where)
+        labels.sort()  # the same message whatever order the plugins loaded in
+        dists = sorted({c.plugin.distribution for c in claims})
+        fix = (f"set LMFORGE_DISABLE_PLUGINS={' or '.join(dists)} (or uninstall one)" if len(dists) > 1
+               else f"the distribution {dists[0]} registers it more than once; fix the plugin")
+        return (f"{what} name {name!r} is registered twice: by {' and by '.join(labels)}; "
+                f"it is refused for both until one is disabled: {fix}")
+
+    def _rebuild(self) -> None:
+        """Recompute what each name resolves to: a name with more than one claim is contested, for all."""
+        for kind in (*KINDS, PRESETS):
+            self.contested[kind] = {n: cl for n, cl in self.claims[kind].items() if len(cl) > 1}
+        for kind in KINDS:
+            self.entries[kind] = {n: Entry(cl[0].descriptor, cl[0].plugin) for n, cl in self.claims[kind].items()
+                                  if len(cl) == 1 and cl[0].alias_of is None}
+        self.aliases = {n: cl[0].alias_of for n, cl in self.claims["model_families"].items()
+                        if len(cl) == 1 and cl[0].alias_of is not None
+                        and cl[0].alias_of in self.entries["model_families"]}
+        self.presets = {n: (cl[0].family, cl[0].descriptor) for n, cl in self.claims[PRESETS].items()
+                        if len(cl) == 1}
+        for record in self.records:
+            record.conflicts = []
+        for kind, names in self.contested.items():
+            for name, cl in sorted(names.items()):
+                msg = self.conflict_message(kind, name, cl)
+                for rec in {id(c.plugin): c.plugin for c in cl}.values():
+                    rec.conflicts.append(msg)
+
+    def _drop_claims(self, record: PluginRecord) -> None:
+        for kind in self.claims:
+            for name in list(self.claims[kind]):
+                kept = [c for c in self.claims[kind][name] if c.plugin is not record]
+                if kept:
+                    self.claims[kind][name] = kept
+                else:
+                    del self.claims[kind][name]
+        self._rebuild()
 
     def _owner(self, kind: str, name: str) -> Entry | None:
         if name in self.entries[kind]:
@@ -179,12 +290,6 @@ class Registry:
         if kind == "model_families" and name in self.aliases:
             return self.entries[kind][self.aliases[name]]
         return None
-
-    def _remove(self, kind: str, name: str) -> None:
-        entry = self.entries[kind].pop(name, None)
-        if entry is not None and kind == "model_families":
-            for alias in getattr(entry.descriptor, "aliases", ()):
-                self.aliases.pop(alias, None)
 
     def _fail(self, record: PluginRecord, exc: BaseException, what: str) -> None:
         record.status = "broken"
@@ -200,6 +305,10 @@ class Registry:
         entry = self.entries[kind].get(key)
         if entry is not None:
             return entry.descriptor
+        claimed = self.claims[kind].get(name) or []
+        for k in (name, key, *(c.alias_of for c in claimed if c.alias_of)):
+            if k in self.contested[kind]:
+                raise PluginConflictError(self.conflict_message(kind, k, self.contested[kind][k]))
         raise PluginError(self.unknown_message(kind, name))
 
     def unknown_message(self, kind: str, name: str) -> str:
@@ -212,7 +321,7 @@ class Registry:
         else:
             msg += did_you_mean(name, known)
         msg += f". Known: {', '.join(known) or 'none'}"
-        broken = [r for r in self.records if r.status != "ok"]
+        broken = [r for r in self.records if r.status == "broken"]
         if broken:
             msg += "; broken plugins (see `lmforge plugins`): " + ", ".join(r.label for r in broken)
         return msg
@@ -246,16 +355,31 @@ class Registry:
         return self.get("model_families", name)
 
     def find_preset(self, name: str) -> tuple[ModelFamily, Any] | None:
-        for fam in self.families():
-            p = fam.preset(name)
-            if p is not None:
-                return fam, p
-        return None
+        """``(family, preset)`` for a preset name; raises :class:`PluginConflictError` for a contested one."""
+        if name in self.contested[PRESETS]:
+            raise PluginConflictError(self.conflict_message(PRESETS, name, self.contested[PRESETS][name]))
+        found = self.presets.get(name)
+        if found is not None and found[0].name in self.contested["model_families"]:
+            fam = found[0].name
+            raise PluginConflictError(f"preset {name!r} belongs to a contested family: "
+                                      + self.conflict_message("model_families", fam,
+                                                              self.contested["model_families"][fam]))
+        if found is not None and found[0].name in self.entries["model_families"]:
+            # the family as the registry holds it now (an embedding application may have replaced it)
+            return self.entries["model_families"][found[0].name].descriptor, found[1]
+        return found
 
     def family_for_config(self, config: dict, where: str = "config.json") -> ModelFamily:
         """The highest-priority family that claims a checkpoint's ``config.json``."""
-        for fam in sorted(self.families(), key=lambda f: -f.priority):
+        contested = {id(c.descriptor): (name, cl) for name, cl in self.contested["model_families"].items()
+                     for c in cl if c.alias_of is None}
+        candidates = self.families() + [c.descriptor for _, cl in contested.values() for c in cl
+                                        if id(c.descriptor) in contested and c.alias_of is None]
+        for fam in sorted(candidates, key=lambda f: -f.priority):
             if fam.claims(config):
+                if id(fam) in contested:  # never fall back to a lower-priority family behind a contest
+                    name, cl = contested[id(fam)]
+                    raise PluginConflictError(f"{where}: " + self.conflict_message("model_families", name, cl))
                 return fam
         mt = config.get("model_type")
         archs = config.get("architectures")
@@ -276,6 +400,11 @@ class Registry:
             except Exception as exc:  # noqa: BLE001
                 self._fail(record, exc, "register_commands failed")
 
+    def slow_plugins(self, threshold: float | None = None) -> list[tuple[str, float]]:
+        """``(distribution, seconds)`` of every distribution whose entry points took over ``threshold`` to load."""
+        limit = slow_plugin_seconds() if threshold is None else threshold
+        return [(d["name"], d["load_seconds"]) for d in self.plugins_json() if d["load_seconds"] > limit]
+
     def plugins_json(self) -> list[dict]:
         """One object per plugin distribution, as ``lmforge plugins --json`` prints it."""
         by_dist: dict[str, dict] = {}
@@ -283,11 +412,16 @@ class Registry:
             d = by_dist.setdefault(
                 r.distribution,
                 {"name": r.distribution, "version": r.version, "status": "ok", "error": None,
-                 "modules": [], "hooks": [], "registered": {}},
+                 "modules": [], "hooks": [], "registered": {}, "conflicts": [], "load_seconds": 0.0},
             )
             d["modules"].append(r.module)
+            d["load_seconds"] = round(d["load_seconds"] + r.load_seconds, 4)
+            for c in r.conflicts:
+                if c not in d["conflicts"]:
+                    d["conflicts"].append(c)
             if r.status != "ok":
-                d["status"] = "broken"
+                if d["status"] != "broken":
+                    d["status"] = r.status
                 d["error"] = (d["error"] + "; " if d["error"] else "") + f"{r.module}: {r.error}"
             for h in r.hooks:
                 if h not in d["hooks"]:

@@ -25,6 +25,7 @@ from . import __version__
 from .config import to_yaml, train_arguments, validate, validate_train_section
 from .descriptors import PeftContext, resolve_ref
 from .errors import CapabilityError, ConfigError, LmforgeError
+from . import rundir
 from .modeling import BASE_MODEL_DIR, RUN_CONFIG, LoadOptions, ModelSource, load_model, resolve_model, save_model
 
 TRAIN_LOG = "train_log.jsonl"
@@ -181,14 +182,17 @@ def _trainer_classes():
     class JsonlLogCallback(TrainerCallback):
         """Appends one JSON line per logging step: step, loss, lr, tokens/s, memory."""
 
-        def __init__(self, path: str) -> None:
+        def __init__(self, path: str, loss_offset: float = 0.0) -> None:
             self.path = path
             self.last_time: float | None = None
             self.last_tokens = 0
+            self.loss_offset = loss_offset  # loss sum of the steps before a resume
+            self.first_step = 0
 
         def on_train_begin(self, args, state, control, **kw):
             self.last_time = time.time()
             self.last_tokens = state.num_input_tokens_seen or 0
+            self.first_step = state.global_step
 
         def on_log(self, args, state, control, logs=None, **kw):
             if not state.is_world_process_zero or not logs:
@@ -202,6 +206,9 @@ def _trainer_classes():
             for key in GENERATION_METRIC_KEYS:  # eval_with_generation
                 if key in logs:
                     row[key] = logs[key]
+            if "train_loss" in row and self.first_step:  # Trainer averages only this call's steps
+                row["train_loss"] = whole_run_loss(self.loss_offset, row["train_loss"], self.first_step,
+                                                   state.global_step)
             if "loss" in logs and self.last_time is not None:
                 dt = max(now - self.last_time, 1e-9)
                 row["tokens_per_second"] = round((tokens - self.last_tokens) / dt, 1)
@@ -246,10 +253,11 @@ def _trainer_classes():
                 for cb in self.callback_handler.callbacks:
                     if hasattr(cb, "save_checkpoint_state"):
                         cb.save_checkpoint_state(self.model, os.path.join(staging_root, name))
+                _write_loss_state(self, os.path.join(staging_root, name))
                 final = os.path.join(run_dir, name)
                 _fsync_tree(os.path.join(staging_root, name))
                 if os.path.exists(final):
-                    shutil.rmtree(final)
+                    rundir._remove_tree(final)
                 os.replace(os.path.join(staging_root, name), final)
                 try:
                     os.rmdir(staging_root)
@@ -257,13 +265,37 @@ def _trainer_classes():
                     pass
                 if self.state.best_model_checkpoint and self.state.best_model_checkpoint.startswith(staging_root):
                     self.state.best_model_checkpoint = self.state.best_model_checkpoint.replace(staging_root, run_dir, 1)
-                from transformers.trainer_utils import rotate_checkpoints
-
-                rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
-                                   best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+                rundir.rotate_checkpoints_safely(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
             _barrier()
 
     return LmforgeTrainer, JsonlLogCallback
+
+
+def _write_loss_state(trainer, ckpt_dir: str) -> None:
+    """Save the sum of step losses so far, so the ``train_loss`` of a resumed run covers the whole run."""
+    pending = getattr(trainer, "_tr_loss", None)
+    total = getattr(trainer, "_lmforge_loss_offset", 0.0) + getattr(trainer, "_total_loss_scalar", 0.0)
+    total += float(pending.item()) if pending is not None else 0.0
+    _write_atomic(os.path.join(ckpt_dir, rundir.LOSS_STATE),
+                  json.dumps({"loss_sum": total, "global_step": trainer.state.global_step}))
+
+
+def read_loss_offset(ckpt_dir: str | None) -> float:
+    """The loss sum a checkpoint saved (0.0 for checkpoints written without one)."""
+    if not ckpt_dir:
+        return 0.0
+    try:
+        with open(os.path.join(ckpt_dir, rundir.LOSS_STATE), encoding="utf-8") as f:
+            return float(json.load(f)["loss_sum"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+
+
+def whole_run_loss(offset: float, call_loss: float | None, first_step: int, last_step: int) -> float | None:
+    """Mean step loss over a whole run from the saved sum and ``Trainer``'s mean over this call's steps."""
+    if call_loss is None or last_step <= 0:
+        return call_loss
+    return (offset + call_loss * (last_step - first_step)) / last_step
 
 
 def _barrier() -> None:
@@ -303,12 +335,7 @@ def _memory_mb() -> float:
 
 
 def _write_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    rundir.write_atomic(path, text)
 
 
 def resolved_run_config(cfg: Mapping, source: ModelSource, registry) -> dict:
@@ -345,6 +372,7 @@ def run_training(raw_cfg: Mapping, registry=None) -> TrainResult:
 
     reg = registry or get_registry()
     cfg = validate(raw_cfg, reg)
+    rundir.refuse_if_locked(cfg["output_dir"])  # a second run into a busy directory fails before any import
     validate_train_section(cfg)
     from .threads import apply as apply_threads
 
@@ -361,15 +389,36 @@ def run_training(raw_cfg: Mapping, registry=None) -> TrainResult:
     evalgen.check(cfg)
     method = reg.peft_method(cfg["peft"]["method"])
     out_dir = cfg["output_dir"]
+    # every check that needs no weights and no tokenization, before anything is written (rundir.py)
+    from .runstart import disk_error, preflight
+
+    resolved = rundir.strip_start_keys(resolved_run_config(cfg, source, reg))
+    start = preflight(cfg, source, reg, log, resolved)
+    if start.plan.action == "complete":
+        return start.completed_result()
 
     # data records are read, validated and tokenized (through the token cache) before the model is loaded
     from .dataprep import prepare_job_data
 
     job_data = prepare_job_data(cfg, source, reg, log, seed=train_arguments(cfg)["seed"])
+    start.begin()  # the exclusive lock on output_dir; --overwrite / --resume applied under it
+    try:
+        return _train_in_dir(cfg, source, reg, method, job_data, start)
+    except LmforgeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - only a write failure (full disk, permissions) is rewritten
+        err = disk_error(exc, out_dir)
+        if err is None:
+            raise
+        raise err from None
+    finally:
+        start.release()
 
+
+def _train_in_dir(cfg, source: ModelSource, reg, method, job_data, start) -> TrainResult:
+    out_dir = cfg["output_dir"]
     import torch
     from transformers import TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
 
     targs_kwargs = train_arguments(cfg)
     targs_kwargs.pop("resume_from_checkpoint", None)
@@ -427,13 +476,8 @@ def run_training(raw_cfg: Mapping, registry=None) -> TrainResult:
     is_main = int(os.environ.get("RANK", "0")) == 0
     if is_main:
         os.makedirs(out_dir, exist_ok=True)
-    resume = cfg["train"].get("resume_from_checkpoint")
-    if resume is True or resume == "auto" or resume == "latest":
-        resume = get_last_checkpoint(out_dir) if os.path.isdir(out_dir) else None
-        if resume is None:
-            log("resume requested but no checkpoint found; starting from scratch")
-    if resume is False:
-        resume = None
+    resume = start.resume_checkpoint
+    loss_offset = read_loss_offset(resume)
     log_path = os.path.join(out_dir, TRAIN_LOG)
     train_dataset, collator, packed = ListDataset(train_feats), make_collator(encoder, tokenizer), None
     if cfg.get("packing"):
@@ -450,9 +494,9 @@ def run_training(raw_cfg: Mapping, registry=None) -> TrainResult:
         eval_dataset=ListDataset(valid_feats) if valid_feats else None,
         data_collator=collator,
         processing_class=tokenizer,
-        callbacks=[JsonlLogCallback(log_path), *ctx.callbacks],
+        callbacks=[JsonlLogCallback(log_path, loss_offset), *ctx.callbacks],
     )
-    from . import runfiles
+    from . import evalgen, runfiles
 
     runfiles.pin_tensorboard_dir(trainer, out_dir)  # before the first evaluate() logs anything
     trainer.add_callback(runfiles.callback())
@@ -460,16 +504,39 @@ def run_training(raw_cfg: Mapping, registry=None) -> TrainResult:
     if generation_metrics is not None:
         generation_metrics.trainer = trainer
         trainer.add_callback(generation_metrics)
-    resolved = resolved_run_config(cfg, source, reg)
+    trainer._lmforge_loss_offset = loss_offset
     if is_main:
-        _write_atomic(os.path.join(out_dir, RUN_CONFIG), to_yaml(resolved))
+        _write_atomic(os.path.join(out_dir, RUN_CONFIG), to_yaml(start.run_config))
         _write_atomic(os.path.join(out_dir, PARAMS_REPORT), json.dumps(params, indent=1))
 
     eval_before = None
     if valid_feats and resume is None:
         eval_before = float(trainer.evaluate()["eval_loss"])
         log(f"eval loss before training: {eval_before:.4f}")
-    result = trainer.train(resume_from_checkpoint=resume)
+    start.training()
+    resumed_step = _checkpoint_global_step(resume)
+    if resume is not None and targs.max_steps > 0 and resumed_step >= targs.max_steps:
+        # the checkpoint is the last step (the kill came during the final save): load it, train nothing more
+        # (Trainer.train would run one step past max_steps)
+        from transformers import TrainerState
+
+        log(f"{os.path.basename(resume)} is the last step ({resumed_step}); saving it as the final model")
+        trainer._load_from_checkpoint(resume)
+        trainer.state = TrainerState.load_from_json(os.path.join(resume, "trainer_state.json"))
+        train_loss = loss_offset / resumed_step if loss_offset else None
+    else:
+        try:
+            result = trainer.train(resume_from_checkpoint=resume)
+        except Exception as exc:
+            import pickle
+
+            if resume is not None and isinstance(exc, pickle.UnpicklingError):
+                from .artefacts import unpickling_message
+
+                raise LmforgeError(unpickling_message(resume, exc)) from None
+            raise
+        train_loss = whole_run_loss(loss_offset, result.training_loss, resumed_step if resume else 0,
+                                    trainer.state.global_step)
     eval_after = None
     if valid_feats:
         eval_after = float(trainer.evaluate()["eval_loss"])
@@ -477,20 +544,25 @@ def run_training(raw_cfg: Mapping, registry=None) -> TrainResult:
     if packed is not None:
         packed.restore(trainer.model)
 
+    # the final model is staged and moved into place; lmforge_run.json says "complete" only after
+    staged = start.staging_dir() if is_main else None
     with gathered_for_save(trainer):  # ZeRO-3: every rank takes part in gathering the full weights
         if is_main:
-            save_outputs(trainer.model, tokenizer, source, method, out_dir, ctx)
-            runfiles.remove_peft_cards(out_dir)
+            save_outputs(trainer.model, tokenizer, source, method, staged, ctx)
+            runfiles.remove_peft_cards(staged)
     if is_main:
-        summary = {"global_step": trainer.state.global_step, "train_loss": result.training_loss,
+        _repoint_to_final(staged, out_dir)
+        summary = {"global_step": trainer.state.global_step, "train_loss": train_loss,
                    "eval_loss_before": eval_before, "eval_loss_after": eval_after, **params}
         summary.pop("trainable_names")
+        if resume is not None:
+            summary["resumed_from"] = resume
         if packed is not None:
             summary["packing"] = packed.stats.to_json()
-        _write_atomic(os.path.join(out_dir, "train_results.json"), json.dumps(summary, indent=1))
+        start.finish(staged, summary)
         log(f"saved to {out_dir}")
     _barrier()
-    return TrainResult(output_dir=out_dir, global_step=trainer.state.global_step, train_loss=result.training_loss,
+    return TrainResult(output_dir=out_dir, global_step=trainer.state.global_step, train_loss=train_loss,
                        eval_loss_before=eval_before, eval_loss_after=eval_after, params=params,
                        model=trainer.model, tokenizer=tokenizer)
 
@@ -509,6 +581,30 @@ def gathered_for_save(trainer):
     import deepspeed
 
     return deepspeed.zero.GatheredParameters(list(trainer.model.parameters()), modifier_rank=None)
+
+
+def _checkpoint_global_step(ckpt: str | None) -> int:
+    if not ckpt:
+        return 0
+    try:
+        with open(os.path.join(ckpt, "trainer_state.json"), encoding="utf-8") as f:
+            return int(json.load(f).get("global_step", 0))
+    except (OSError, ValueError, TypeError):
+        return rundir.checkpoint_step(ckpt) or 0
+
+
+def _repoint_to_final(staged: str, out_dir: str) -> None:
+    """Paths the savers wrote into the staged files (the preset base of an adapter) point at ``out_dir``."""
+    path = os.path.join(staged, "adapter_config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        acfg = json.load(f)
+    base = acfg.get("base_model_name_or_path")
+    if isinstance(base, str) and os.path.abspath(base).startswith(os.path.abspath(staged) + os.sep):
+        acfg["base_model_name_or_path"] = os.path.join(os.path.abspath(out_dir),
+                                                       os.path.relpath(os.path.abspath(base), os.path.abspath(staged)))
+        _write_atomic(path, json.dumps(acfg, indent=2))
 
 
 def save_outputs(model, tokenizer, source: ModelSource, method, out_dir: str, ctx: PeftContext) -> None:

@@ -1,5 +1,6 @@
 """Built-in launchers: ``local`` (in process), ``torchrun`` (one worker per rank, one or many nodes),
-``deepspeed`` (torchrun workers with a DeepSpeed ZeRO config), and the schedulers ``slurm`` and
+``deepspeed`` (torchrun workers with a DeepSpeed ZeRO config), ``fsdp`` (torchrun workers under FSDP2),
+and the schedulers ``slurm`` and
 ``kubernetes`` (:mod:`lmforge_builtins.schedulers`)."""
 
 from __future__ import annotations
@@ -142,6 +143,47 @@ DEEPSPEED = Launcher(
 )
 
 
+# ---------------------------------------------------------------- FSDP
+def fsdp_settings(launcher_cfg: dict) -> dict:
+    """``train.fsdp`` / ``train.fsdp_config`` for ``launcher: {name: fsdp, sharding, offload_params}`` (FSDP2)."""
+    return {"fsdp": True,
+            "fsdp_config": {"version": 2, "reshard_after_forward": launcher_cfg["sharding"] == "full_shard",
+                            "cpu_offload": launcher_cfg["offload_params"] == "cpu"}}
+
+
+def fsdp_check(cfg: dict) -> None:
+    ours = fsdp_settings(cfg["launcher"])
+    for key, value in ours.items():
+        if cfg["train"].get(key) not in (None, value):
+            raise ConfigError(f"train.{key}: set by the fsdp launcher (launcher.sharding, launcher.offload_params); "
+                              f"remove it from train:")
+    if cfg["launcher"].get("name") == "fsdp" and cfg["train"].get("deepspeed"):
+        raise ConfigError("train.deepspeed: FSDP and DeepSpeed cannot both shard the model; pick one launcher")
+
+
+def fsdp_prepare(cfg: dict) -> dict:
+    cfg = dict(cfg)
+    cfg["train"] = {**cfg["train"], **fsdp_settings(cfg["launcher"])}
+    return cfg
+
+
+FSDP = Launcher(
+    name="fsdp",
+    description="torchrun workers training under PyTorch FSDP2 through the Trainer (parameters, gradients and "
+                "optimizer states sharded)",
+    command=torchrun_command,
+    prepare=fsdp_prepare,
+    check=fsdp_check,
+    options=TORCHRUN_OPTIONS + (
+        Option("sharding", str, "full_shard", "full_shard: parameters re-sharded after each forward (ZeRO-3-like); "
+               "shard_grad_op: kept gathered between forward and backward (ZeRO-2-like)",
+               choices=("full_shard", "shard_grad_op")),
+        Option("offload_params", str, "none", "keep parameters (and their optimizer states) on the CPU",
+               choices=("none", "cpu")),
+    ),
+)
+
+
 @hookimpl
 def register_launchers(register):
     from .schedulers import KUBERNETES, SLURM
@@ -149,5 +191,6 @@ def register_launchers(register):
     register(LOCAL)
     register(TORCHRUN)
     register(DEEPSPEED)
+    register(FSDP)
     register(SLURM)
     register(KUBERNETES)

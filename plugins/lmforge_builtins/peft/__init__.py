@@ -276,6 +276,8 @@ def register_commands(cli):
         """Fold a run's adapter into its base model and save a plain transformers checkpoint.
 
         Works for runs of lora, dora, ia3, adalora, qlora (dequantized first) and freeze.
+        Given a DeepSpeed ``checkpoint-N`` instead, writes one plain checkpoint rebuilt from
+        its ZeRO shards (see docs/distributed.md).
         """
         from .merge import merge_run
 
