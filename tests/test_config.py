@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -96,3 +97,47 @@ def test_cli_reports_config_errors_without_traceback(tmp_path):
     assert res.returncode == 2
     assert "error: peft.rr: unknown option (did you mean 'r'?)" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+TRAIN_CASES = [
+    ({"optim": "adamw_torh"}, r"^error: train.optim: 'adamw_torh' is not one of transformers' OptimizerNames \(did you mean 'adamw_torch'\?\)"),
+    ({"lr_scheduler_type": "cosin"}, r"^error: train.lr_scheduler_type: 'cosin' is not one of transformers' SchedulerType \(did you mean 'cosine'\?\)"),
+    ({"save_strategy": False}, r"^error: train.save_strategy: YAML reads an unquoted no as False; write 'no' in quotes"),
+    ({"load_best_model_at_end": True, "eval_strategy": "steps", "save_strategy": "epoch"},
+     r"^error: train: --load_best_model_at_end requires the save and eval strategy to match"),
+]
+
+
+@pytest.mark.parametrize("train,message", TRAIN_CASES, ids=[str(c[0])[:40] for c in TRAIN_CASES])
+def test_dry_run_checks_training_arguments(train, message, tmp_path):
+    """--dry-run (and the start of a run) check names and combinations: one error line, no traceback."""
+    import yaml
+    from click.testing import CliRunner
+
+    from lmforge.cli import cli
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"model": "tiny-llama", "data": {"train_file": DATA}, "train": train}))
+    res = CliRunner().invoke(cli, ["train", str(cfg), "--dry-run"])
+    assert res.exit_code == 2, res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
+    assert re.match(message, res.output), res.output
+
+
+def test_run_start_checks_optimizer_before_data(no_model_load):
+    with pytest.raises(ConfigError, match=r"^train.optim: 'adamw_torh' is not one of transformers' OptimizerNames"):
+        training.run_training(base(train={"optim": "adamw_torh"}))
+
+
+def test_dry_run_accepts_a_good_train_section(tmp_path):
+    import yaml
+    from click.testing import CliRunner
+
+    from lmforge.cli import cli
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"model": "tiny-llama", "data": {"train_file": DATA},
+                                   "train": {"optim": "adamw_torch", "lr_scheduler_type": "linear",
+                                             "save_strategy": "no"}}))
+    res = CliRunner().invoke(cli, ["train", str(cfg), "--dry-run"])
+    assert res.exit_code == 0, res.output

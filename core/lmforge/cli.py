@@ -18,6 +18,8 @@ from . import __version__
 from .cli_inference import COMMANDS as INFERENCE_COMMANDS
 from .cli_inference import make_params, sampling_options
 from .errors import LmforgeError, user_errors  # noqa: F401  (plugins import user_errors from here)
+from .threads import click_option as threads_option
+from .threads import request as request_threads
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -132,14 +134,18 @@ def models_cmd(as_json: bool, family: str | None) -> None:
 @click.option("--master-port", type=int, default=None, help="launcher.master_port")
 @click.option("--zero", type=click.IntRange(0, 3), default=None, help="launcher.zero (deepspeed): ZeRO stage")
 @click.option("--submit", is_flag=True, help="slurm/kubernetes launchers: submit the job, not only write it")
+@threads_option
+@click.option("--verbose", is_flag=True, help="also show the libraries' deprecation warnings and notices")
 @user_errors
 def train_cmd(config, overrides, model, output_dir, peft, max_steps, max_length, learning_rate, resume, overwrite,
               force_resume, trust_remote_code, dry_run, launcher_name, nproc_per_node, nnodes, node_rank, master_addr,
-              master_port, zero, submit) -> None:
+              master_port, zero, submit, threads, verbose) -> None:
     """Train from a YAML CONFIG (see docs/config.md; several processes, nodes, DeepSpeed, Slurm:
     docs/distributed.md)."""
     from .config import apply_launcher_env, apply_overrides, load_yaml, set_key, to_yaml, validate
+    from .quiet import set_verbose
 
+    set_verbose(verbose)
     raw = apply_overrides(load_yaml(config), list(overrides))
     for key, value in (("model", model), ("output_dir", output_dir), ("peft.method", peft),
                        ("train.max_steps", max_steps), ("max_length", max_length),
@@ -147,7 +153,7 @@ def train_cmd(config, overrides, model, output_dir, peft, max_steps, max_length,
                        ("launcher.nproc_per_node", nproc_per_node), ("launcher.nnodes", nnodes),
                        ("launcher.node_rank", node_rank), ("launcher.master_addr", master_addr),
                        ("launcher.master_port", master_port), ("launcher.zero", zero),
-                       ("launcher.submit", True if submit else None)):
+                       ("launcher.submit", True if submit else None), ("threads", threads)):
         if value is not None:
             set_key(raw, key, value)
     apply_launcher_env(raw, os.environ)
@@ -167,6 +173,9 @@ def train_cmd(config, overrides, model, output_dir, peft, max_steps, max_length,
 
     launcher = get_registry().launcher(cfg["launcher"]["name"])
     if dry_run:
+        from .config import validate_train_section
+
+        validate_train_section(cfg)  # TrainingArguments names and combinations, as the run would check them
         click.echo(to_yaml(cfg))
         if launcher.launch is not None:  # schedulers: write and show the job script, do not submit
             cfg["launcher"]["submit"] = False
@@ -237,12 +246,14 @@ def _launch(cfg: dict, launcher) -> None:
 @click.option("--raw", is_flag=True, help="do not apply the chat template")
 @click.option("--json", "as_json", is_flag=True, help="print JSON results")
 @click.option("--trust-remote-code", is_flag=True)
+@threads_option
 @user_errors
 def generate_cmd(model, prompts, adapter, max_new_tokens, temperature, top_p, top_k, repetition_penalty, stop,
-                 seed, raw, as_json, trust_remote_code) -> None:
+                 seed, raw, as_json, trust_remote_code, threads) -> None:
     """Generate from MODEL (run directory, checkpoint or preset) for each PROMPT (batched)."""
     from .generation import Completion, Request
 
+    request_threads(threads)
     params = make_params(max_new_tokens, temperature, top_p, top_k, repetition_penalty, stop, seed)
     comp = Completion(model, adapter=adapter, trust_remote_code=trust_remote_code, raw=raw or None)
     results = comp.run([Request(comp.encode(p), params) for p in prompts])
@@ -277,6 +288,9 @@ def build_cli() -> click.Group:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .quiet import configure_warnings
+
+    configure_warnings()  # LMFORGE_VERBOSE=1 (or train --verbose) shows the libraries' deprecation warnings
     build_cli()(args=argv, prog_name="lmforge")
 
 

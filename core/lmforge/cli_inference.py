@@ -13,6 +13,8 @@ import sys
 import click
 
 from .errors import LmforgeError, user_errors
+from .threads import click_option as threads_option
+from .threads import request as request_threads
 
 
 def sampling_options(fn):
@@ -69,10 +71,12 @@ def parse_adapters(values) -> dict[str, str]:
 @click.option("--no-metrics", is_flag=True, help="do not write metrics.json")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar")
 @click.option("--trust-remote-code", is_flag=True)
+@threads_option
 @user_errors
 def predict_cmd(model, data, output, fmt, batch_size, n, max_new_tokens, temperature, top_p, top_k,
-                repetition_penalty, stop, seed, adapter, no_metrics, quiet, trust_remote_code) -> None:
+                repetition_penalty, stop, seed, adapter, no_metrics, quiet, trust_remote_code, threads) -> None:
     """Generate for every record of --data with MODEL (run directory, checkpoint or preset)."""
+    request_threads(threads)
     params = make_params(max_new_tokens, temperature, top_p, top_k, repetition_penalty, stop, seed, n)
     if batch_size < 1:
         raise LmforgeError(f"--batch-size: must be >= 1 (got {batch_size})")
@@ -113,10 +117,12 @@ def predict_cmd(model, data, output, fmt, batch_size, n, max_new_tokens, tempera
 @click.option("--trust-remote-code", is_flag=True)
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@threads_option
 @user_errors
 def serve_cmd(model, host, port, api_key, served_model_name, adapters, max_batch_size, max_queue,
-              max_tokens_default, ui, backend, dtype, device, trust_remote_code, log_level) -> None:
+              max_tokens_default, ui, backend, dtype, device, trust_remote_code, log_level, threads) -> None:
     """Serve MODEL over an OpenAI-compatible HTTP API (see docs/inference.md)."""
+    request_threads(threads)
     adapter_map = parse_adapters(adapters)
     if max_batch_size < 1:
         raise LmforgeError(f"--max-batch-size: must be >= 1 (got {max_batch_size})")
@@ -159,9 +165,10 @@ def serve_cmd(model, host, port, api_key, served_model_name, adapters, max_batch
 @click.option("--system", default=None, help="system prompt")
 @sampling_options
 @click.option("--trust-remote-code", is_flag=True)
+@threads_option
 @user_errors
 def chat_cmd(model, adapter, system, max_new_tokens, temperature, top_p, top_k, repetition_penalty, stop, seed,
-             trust_remote_code) -> None:
+             trust_remote_code, threads) -> None:
     """Chat with MODEL in the terminal, with history and the family's chat template.
 
     Commands: /clear forgets the history, /system TEXT sets the system prompt,
@@ -171,6 +178,7 @@ def chat_cmd(model, adapter, system, max_new_tokens, temperature, top_p, top_k, 
     from .generation import Completion
 
     params = make_params(max_new_tokens, temperature, top_p, top_k, repetition_penalty, stop, seed)
+    request_threads(threads)
     comp = Completion(model, adapter=adapter, trust_remote_code=trust_remote_code)
     kwargs = dict(max_new_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
                   top_k=params.top_k, repetition_penalty=params.repetition_penalty, stop=params.stop,

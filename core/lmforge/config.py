@@ -48,6 +48,8 @@ SCHEMA: dict[str, Any] = {
     "gpu_memory": Key((str, int), None, "memory per device for dynamic_batch, e.g. 80GiB or 24GB (default: the "
                       "CUDA device's total memory; required on machines without CUDA)"),
     "memory_margin": Key(float, 0.10, "share of gpu_memory dynamic_batch keeps free"),
+    "threads": Key((int, str), "auto", "torch CPU threads: a number, or auto (the cores other processes leave free); "
+                   "OMP_NUM_THREADS, when set, wins (see docs/config.md)"),
     "trust_remote_code": Key(bool, False, "allow executing Python files shipped in the checkpoint directory"),
     "packing": Key(bool, False, "pack several examples into each max_length row, without cross-example attention "
                    "(see docs/packing.md)"),
@@ -296,6 +298,9 @@ def validate(config: Mapping, registry=None) -> dict:
     for key, why in TRAIN_RESERVED.items():
         if key in cfg["train"]:
             raise ConfigError(f"train.{key}: not allowed here: {why}")
+    from .threads import parse as parse_threads
+
+    cfg["threads"] = parse_threads(cfg["threads"]) or "auto"
     if cfg["max_length"] <= 0:
         raise ConfigError(f"max_length: must be positive, got {cfg['max_length']}")
     return cfg
@@ -373,6 +378,9 @@ def validate_train_section(cfg: Mapping) -> None:
                 Option(key, simple).coerce(value, f"train.{key}")
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
+    from .trainargs import check as check_train_arguments
+
+    check_train_arguments(cfg)  # enum names (optim, lr_scheduler_type ...) with a did-you-mean, then combinations
 
 
 def to_yaml(cfg: Mapping) -> str:

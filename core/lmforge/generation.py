@@ -145,7 +145,9 @@ class Completion:
         from .encoding import make_encoder
         from .modeling import family_of_run, load, read_run_config
         from .plugins import get_registry
+        from .threads import apply as apply_threads
 
+        apply_threads()  # torch CPU threads: OMP_NUM_THREADS, else --threads, else the cores not busy
         reg = get_registry()
         self.source = model
         self.model, self.tokenizer = load(model, adapter=adapter, trust_remote_code=trust_remote_code, dtype=dtype)

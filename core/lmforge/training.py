@@ -369,6 +369,14 @@ def run_training(raw_cfg: Mapping, registry=None) -> TrainResult:
     if int(os.environ.get("RANK", "0")) == 0 and os.environ.get(PREPARED_ENV) != os.path.abspath(cfg["output_dir"]):
         rundir.refuse_if_locked(cfg["output_dir"])
     validate_train_section(cfg)
+    from .threads import apply as apply_threads
+
+    apply_threads(cfg["threads"], log)  # before any torch work: never oversubscribe a shared CPU
+    import torch
+
+    from .quiet import configure_for_training
+
+    configure_for_training(torch.cuda.is_available())  # no library noise unless --verbose
     source = resolve_model(cfg["model"], family=cfg.get("family"), registry=reg)
     check_capabilities(cfg, source, reg)
     from . import evalgen
@@ -450,6 +458,9 @@ def _train_in_dir(cfg, source: ModelSource, reg, method, job_data, start) -> Tra
 
     encoder = make_encoder(tokenizer, source.family, max_length=cfg["max_length"],
                            train_on_prompt=cfg["data"]["train_on_prompt"], template=cfg["data"]["template"])
+    from .chat_jinja import attach as attach_chat_template
+
+    attach_chat_template(tokenizer, encoder)  # saved tokenizers render the training prompt (apply_chat_template)
     # memory-mapped datasets; tokenized again only if the model's tokenizer differs from the one loaded alone
     train_feats, valid_feats = job_data.datasets_for(encoder)
     train_groups = None
@@ -480,8 +491,10 @@ def _train_in_dir(cfg, source: ModelSource, reg, method, job_data, start) -> Tra
         processing_class=tokenizer,
         callbacks=[JsonlLogCallback(log_path, loss_offset), *ctx.callbacks],
     )
-    from . import evalgen
+    from . import evalgen, runfiles
 
+    runfiles.pin_tensorboard_dir(trainer, out_dir)  # before the first evaluate() logs anything
+    trainer.add_callback(runfiles.callback())
     generation_metrics = evalgen.callback(cfg, source.family, tokenizer, reg)
     if generation_metrics is not None:
         generation_metrics.trainer = trainer
@@ -531,6 +544,7 @@ def _train_in_dir(cfg, source: ModelSource, reg, method, job_data, start) -> Tra
     with gathered_for_save(trainer):  # ZeRO-3: every rank takes part in gathering the full weights
         if is_main:
             save_outputs(trainer.model, tokenizer, source, method, staged, ctx)
+            runfiles.remove_peft_cards(staged)
     if is_main:
         _repoint_to_final(staged, out_dir)
         summary = {"global_step": trainer.state.global_step, "train_loss": train_loss,
@@ -612,10 +626,6 @@ def _save_preset_base(source: ModelSource, out_dir: str, trained_base) -> None:
     base_dir = os.path.join(out_dir, BASE_MODEL_DIR)
     fresh, tok = load_model(source, _LO(dtype="fp32"))
     save_model(fresh, tok, source.family, base_dir)
-    for name in ("adapter_config.json",):
-        path = os.path.join(out_dir, name)
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                acfg = json.load(f)
-            acfg["base_model_name_or_path"] = os.path.abspath(base_dir)
-            _write_atomic(path, json.dumps(acfg, indent=2))
+    from .runfiles import relative_base_reference
+
+    relative_base_reference(out_dir, base_dir)  # "base_model": the run directory stays relocatable

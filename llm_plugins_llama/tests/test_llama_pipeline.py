@@ -97,7 +97,7 @@ def test_lora_output_loads_in_plain_peft_with_same_logits(lora_run):
     out = lora_run.output_dir
     assert {"adapter_config.json", "adapter_model.safetensors"} <= set(os.listdir(out))
     acfg = json.load(open(os.path.join(out, "adapter_config.json")))
-    base = AutoModelForCausalLM.from_pretrained(acfg["base_model_name_or_path"], dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(os.path.join(out, acfg["base_model_name_or_path"]), dtype=torch.float32)
     plain = PeftModel.from_pretrained(base, out).eval()
     tok = AutoTokenizer.from_pretrained(out)
     ids = probe_ids(tok)
