@@ -25,6 +25,7 @@ _KEYMAP = {
     "memory_margin": "memory_margin",
     "overwrite": "overwrite",
     "force_resume": "force_resume",
+    "threads": "threads",
 }
 
 

@@ -269,6 +269,9 @@ def generate_cmd(model, prompts, adapter, max_new_tokens, temperature, top_p, to
 
 for _command in INFERENCE_COMMANDS:
     cli.add_command(_command)
+from .export import export_cmd  # noqa: E402 - click only; the command imports torch in its body
+
+cli.add_command(export_cmd)
 
 
 def build_cli() -> click.Group:

@@ -263,7 +263,11 @@ class ModelFamily:
     every tokenizer lmforge reads from a directory of this family goes through it.
     ``encoder``: optional ``"module:attr"`` of a class with the interface of
     :class:`lmforge.encoding.TemplateEncoder` for families that build their own
-    position ids or masks (GLM's 2D positions). ``arch_from_config`` maps a
+    position ids or masks (GLM's 2D positions). ``exporter``: optional
+    ``export(model, tokenizer, out_dir)`` for ``lmforge export --format transformers``
+    when the family's saved layout is not transformers' native one (GLM); it
+    raises :class:`~lmforge.errors.LmforgeError` for variants transformers lacks.
+    ``arch_from_config`` maps a
     config dict to :class:`ArchSpec` in pure Python.
     ``capabilities`` keys: PEFT method names, ``"packing"``, ``"long_context"``,
     ``"flash_attention"``, ``"gradient_checkpointing"``; a missing key means
@@ -283,6 +287,7 @@ class ModelFamily:
     saver: str | Callable | None = None
     tokenizer_loader: str | Callable | None = None
     encoder: str | Callable | None = None
+    exporter: str | Callable | None = None
     default_lora_targets: tuple[str, ...] = ()
     chat_template: ChatTemplate | None = None
     special_tokens: Mapping[str, str] = field(default_factory=dict)

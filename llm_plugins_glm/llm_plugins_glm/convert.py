@@ -72,3 +72,28 @@ def to_native_glm(model):
     if missing or unexpected:
         raise ValueError(f"conversion left missing={missing} unexpected={unexpected}")
     return native.eval()
+def export_transformers(model, tokenizer, out_dir: str) -> None:
+    """``lmforge export --format transformers`` for the GLM families (``ModelFamily.exporter``).
+
+    ChatGLM2, ChatGLM3 and original-layout GLM-4 are written as ``GlmForCausalLM``
+    (``model_type: glm``; the same logits, tested); HF-layout GLM-4 is saved as it is.
+    GLM v1 and ChatGLM-6B have no transformers architecture: refused, naming what loads them.
+    The tokenizer is saved in its released file format (see docs/getting-started.md).
+    """
+    from lmforge.errors import LmforgeError
+
+    model_type = getattr(model.config, "model_type", None)
+    if type(model).__module__.startswith("transformers."):  # HF-layout GLM-4 (GlmForCausalLM / Glm4ForCausalLM)
+        native = model
+    elif isinstance(model.config, ChatGLM2Config):
+        try:
+            native = to_native_glm(model)
+        except ValueError as exc:
+            raise LmforgeError(f"export: this ChatGLM2-style variant has no GlmForCausalLM form: {exc}") from None
+    else:
+        raise LmforgeError(
+            f"export: transformers has no architecture for {model_type!r} (GLM v1 / ChatGLM-6B): load it with "
+            "lmforge (lmforge.load, lmforge generate; `lmforge merge` writes the released layout), or the released "
+            "layout with the released modeling code under trust_remote_code, at your own trust")
+    native.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)

@@ -26,6 +26,7 @@ HF_GLM4_ARCHITECTURES = ("GlmForCausalLM", "GlmModel", "Glm4ForCausalLM", "Glm4M
                          "GlmForSequenceClassification", "Glm4ForSequenceClassification")
 LOADER = "llm_plugins_glm.loader:load"
 SAVER = "llm_plugins_glm.loader:save"
+EXPORTER = "llm_plugins_glm.convert:export_transformers"
 ENCODER = "llm_plugins_glm.encoder:GLMEncoder"
 
 
@@ -293,7 +294,7 @@ GLM = ModelFamily(
     model_types=("glm",),
     architectures=GLM_V1_ARCHITECTURES,
     match=_matcher("glm"),
-    loader=LOADER, saver=SAVER, encoder=ENCODER, tokenizer_loader="llm_plugins_glm.loader:glm_tokenizer",
+    loader=LOADER, saver=SAVER, encoder=ENCODER, exporter=EXPORTER, tokenizer_loader="llm_plugins_glm.loader:glm_tokenizer",
     arch_from_config=arch_from_config,
     presets=GLM_PRESETS,
     default_lora_targets=_THUDM_LORA_TARGETS,
@@ -313,7 +314,7 @@ CHATGLM = ModelFamily(
     aliases=("chatglm-6b", "chatglm1"),
     model_types=("chatglm",),
     match=_matcher("chatglm"),
-    loader=LOADER, saver=SAVER, encoder=ENCODER, tokenizer_loader="llm_plugins_glm.loader:chatglm_tokenizer",
+    loader=LOADER, saver=SAVER, encoder=ENCODER, exporter=EXPORTER, tokenizer_loader="llm_plugins_glm.loader:chatglm_tokenizer",
     arch_from_config=arch_from_config,
     presets=CHATGLM_PRESETS,
     default_lora_targets=_THUDM_LORA_TARGETS,
@@ -332,7 +333,7 @@ CHATGLM2 = ModelFamily(
     aliases=("chatglm2-6b", "codegeex2"),
     model_types=("chatglm",),
     match=_matcher("chatglm2"),
-    loader=LOADER, saver=SAVER, encoder=ENCODER, tokenizer_loader="llm_plugins_glm.loader:chatglm2_tokenizer",
+    loader=LOADER, saver=SAVER, encoder=ENCODER, exporter=EXPORTER, tokenizer_loader="llm_plugins_glm.loader:chatglm2_tokenizer",
     arch_from_config=arch_from_config,
     presets=CHATGLM2_PRESETS,
     default_lora_targets=_THUDM_LORA_TARGETS,
@@ -355,7 +356,7 @@ CHATGLM3 = ModelFamily(
     aliases=("chatglm3-6b",),
     model_types=("chatglm",),
     match=_matcher("chatglm3"),
-    loader=LOADER, saver=SAVER, encoder=ENCODER, tokenizer_loader="llm_plugins_glm.loader:chatglm3_tokenizer",
+    loader=LOADER, saver=SAVER, encoder=ENCODER, exporter=EXPORTER, tokenizer_loader="llm_plugins_glm.loader:chatglm3_tokenizer",
     arch_from_config=arch_from_config,
     presets=CHATGLM3_PRESETS,
     default_lora_targets=_THUDM_LORA_TARGETS,
@@ -376,7 +377,7 @@ GLM4 = ModelFamily(
     model_types=("glm", "glm4", "chatglm"),
     architectures=HF_GLM4_ARCHITECTURES,
     match=_matcher("glm4"),
-    loader=LOADER, saver=SAVER, encoder=ENCODER, tokenizer_loader="llm_plugins_glm.loader:glm4_tokenizer",
+    loader=LOADER, saver=SAVER, encoder=ENCODER, exporter=EXPORTER, tokenizer_loader="llm_plugins_glm.loader:glm4_tokenizer",
     arch_from_config=arch_from_config,
     presets=GLM4_PRESETS,
     default_lora_targets=_THUDM_LORA_TARGETS + ("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"),
