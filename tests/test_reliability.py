@@ -521,7 +521,7 @@ import json, os, random, resource, sys
 path = sys.argv[1]
 from lmforge.data import read_examples
 from lmforge.dataprep import encoder_for_model
-enc = encoder_for_model("tiny-llama", max_length=512)
+enc = encoder_for_model(sys.argv[2], max_length=512)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 n = 0
 for _, exs in read_examples(path):
@@ -534,7 +534,8 @@ print(json.dumps({"tokens": n, "growth": after - before, "size": os.path.getsize
 """
 
 
-def test_truncating_a_50mb_record_stays_within_a_small_multiple_of_its_size(tmp_path):
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-chatglm3"])  # the default encoder and the GLM one
+def test_truncating_a_50mb_record_stays_within_a_small_multiple_of_its_size(tmp_path, preset):
     rng = random.Random(0)
     words = ["alpha", "beta", "gamma", "apple", "delta", "42", "plus", "is", "苹果"]
     path = str(tmp_path / "huge.jsonl")
@@ -542,7 +543,7 @@ def test_truncating_a_50mb_record_stays_within_a_small_multiple_of_its_size(tmp_
         body = " ".join(rng.choice(words) for _ in range(8 * 2**20))[: 50 * 2**20]
         f.write(json.dumps({"input": "", "output": body}, ensure_ascii=False) + "\n")
         del body
-    res = subprocess.run([sys.executable, "-c", HUGE, path], capture_output=True, text=True, env=cli_env(),
+    res = subprocess.run([sys.executable, "-c", HUGE, path, preset], capture_output=True, text=True, env=cli_env(),
                          timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     got = json.loads(res.stdout.strip().splitlines()[-1])
@@ -563,3 +564,25 @@ def test_train_local_takes_resume_overwrite_and_force_resume():
     # how a run was started is not part of what it is: lmforge.yaml keeps neither
     kept = rundir.strip_start_keys(resolved)
     assert "overwrite" not in kept and "force_resume" not in kept and "resume_from_checkpoint" not in kept["train"]
+
+
+@pytest.mark.parametrize("preset", ["tiny-glm", "tiny-chatglm", "tiny-chatglm2", "tiny-chatglm3", "tiny-glm4"])
+def test_glm_encoder_bounded_tokenization_gives_the_same_features(preset):
+    from lmforge.dataprep import encoder_for_model
+    from lmforge.descriptors import Example, Message
+
+    enc = encoder_for_model(preset, max_length=64)
+    long_text = " ".join(f"word{i} 苹果 plus" for i in range(4000))
+    for ex in (Example(messages=(Message("user", long_text), Message("assistant", "short answer"))),
+               Example(messages=(Message("user", "q"), Message("assistant", long_text))),
+               Example(text=long_text)):
+        bounded = enc.encode(ex)
+        enc._limit = None
+        whole = type(enc).__mro__[0].segments(enc, ex)  # unbounded segments, same truncation
+        from lmforge.encoding import features_from_segments
+
+        want = features_from_segments(whole, enc.stats, max_length=enc.max_length, train_on_prompt=enc.train_on_prompt,
+                                      source=None)
+        assert (bounded is None) == (want is None)
+        if want is not None:
+            assert bounded["input_ids"] == want["input_ids"] and bounded["labels"] == want["labels"], preset

@@ -37,7 +37,7 @@ import math
 from typing import Any, Sequence
 
 from lmforge.descriptors import Example, Message
-from lmforge.encoding import IGNORE_INDEX, EncodeStats, features_from_segments
+from lmforge.encoding import IGNORE_INDEX, EncodeStats, bounded_ids, features_from_segments
 
 VARIANTS = ("glm", "chatglm", "chatglm2", "chatglm3", "glm4")
 ROLE_VARIANTS = ("chatglm3", "glm4")
@@ -104,8 +104,13 @@ class GLMEncoder:
         self.pad_id = t.pad_token_id if t.pad_token_id is not None else 0
 
     # ----------------------------------------------------------------- pieces
+    _limit: int | None = None  # set while encode() runs: no segment needs more than max_length + 1 ids
+
     def _ids(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
+        if not text:
+            return []
+        # a huge record is tokenized by prefixes, so memory stays bounded (lmforge.encoding.bounded_ids)
+        return bounded_ids(lambda t: self.tokenizer.encode(t, add_special_tokens=False), text, self._limit)
 
     @staticmethod
     def _messages(messages: Sequence[Message] | str) -> list[Message]:
@@ -223,7 +228,12 @@ class GLMEncoder:
     def encode(self, example: Example) -> dict[str, Any] | None:
         """``{"input_ids", "labels"}`` for one example, or ``None`` when truncation left no response."""
         # position ids are derived from the ids in collate(): the token cache stores ids and labels only
-        return features_from_segments(self.segments(example), self.stats, max_length=self.max_length,
+        self._limit = self.max_length + 1  # one past the limit, so truncation is still counted
+        try:
+            segments = self.segments(example)
+        finally:
+            self._limit = None
+        return features_from_segments(segments, self.stats, max_length=self.max_length,
                                       train_on_prompt=self.train_on_prompt, source=getattr(example, "source", None))
 
     def encode_prompt(self, messages: Sequence[Message] | str) -> list[int]:
