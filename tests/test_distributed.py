@@ -82,6 +82,19 @@ def test_deepspeed_zero_two_processes_equal_one(tmp_path, reference, zero, peft)
     assert json.load(open(out / "checkpoint-4" / "trainer_state.json"))["train_batch_size"] == 2
     ref = reference[peft]
     assert losses(out) == pytest.approx(losses(ref), abs=1e-4)
+    # the estimate the launched job wrote: the same figures as `lmforge estimate` with the same settings, and
+    # its optimizer bytes per rank are what DeepSpeed really keeps (each rank's optimizer shard file)
+    job = json.load(open(out / "memory_estimate.json"))
+    cli = subprocess.run([sys.executable, "-m", "lmforge.cli", "estimate", "--model", "tiny-llama", "--peft", peft,
+                          "--zero", str(zero), "--gpus", "2", "--seq-len", "48", "--micro-batch", "2", "--dtype",
+                          "fp32", "--device", "cpu", "--json"], capture_output=True, text=True, timeout=120)
+    est = json.loads(cli.stdout)
+    for key in ("params_bytes", "grads_bytes", "optimizer_bytes"):
+        assert job[key] == est[key], (key, job[key], est[key])
+    shards = sorted((out / "checkpoint-4").glob("global_step4/*optim_states.pt"))
+    assert len(shards) == 2
+    for shard in shards:
+        assert shard.stat().st_size == pytest.approx(job["optimizer_bytes"], rel=0.02), shard
     got, want = weights(out), weights(ref)
     assert set(got) == set(want) and got, "saved tensors differ in names (or none saved)"
     for k in want:

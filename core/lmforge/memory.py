@@ -439,7 +439,10 @@ def job_from_config(cfg: Mapping, source: Any, *, micro_batch: int, world_size: 
     off_opt = (zero.get("offload_optimizer") or {}).get("device", "none")
     off_par = (zero.get("offload_param") or {}).get("device", "none")
     offload = "all" if off_par not in (None, "none") and stage == 3 else ("optimizer" if off_opt not in (None, "none") else "none")
-    if stage and dtype == "fp32" and ((ds.get("bf16") or {}).get("enabled") or mixed == "bf16"):
+    ds_bf16 = (ds.get("bf16") or {}).get("enabled")
+    if ds_bf16 == "auto":  # the Trainer fills "auto" from train.bf16
+        ds_bf16 = bool(train.get("bf16"))
+    if stage and dtype == "fp32" and (ds_bf16 or mixed == "bf16"):
         dtype, mixed = "bf16", "no"
     attn = {"flash_attention_2": "flash", "flash_attention_3": "flash", "eager": "eager"}.get(
         cfg.get("attn_implementation") or "sdpa", "sdpa")
