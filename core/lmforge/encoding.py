@@ -99,6 +99,19 @@ def bounded_ids(encode, text: str, limit: int | None) -> list[int]:
     return list(encode(text)[:limit])
 
 
+def encode_bounded(encoder, example: Example) -> dict[str, Any] | None:
+    """``encoder.segments(example)`` with every segment's tokenization bounded to ``max_length + 1`` ids
+    (one past the limit, so truncation is still counted), then the truncation policy. Shared by
+    the encoders that tokenize through ``_ids`` with a ``_limit`` (default and GLM)."""
+    encoder._limit = encoder.max_length + 1
+    try:
+        segments = encoder.segments(example)
+    finally:
+        encoder._limit = None
+    return features_from_segments(segments, encoder.stats, max_length=encoder.max_length,
+                                  train_on_prompt=encoder.train_on_prompt, source=getattr(example, "source", None))
+
+
 class TemplateEncoder:
     """Default encoder: chat template segments -> ``input_ids`` and ``labels``.
 
@@ -167,13 +180,7 @@ class TemplateEncoder:
 
     # ----------------------------------------------------------------- API
     def encode(self, example: Example) -> dict[str, Any] | None:
-        self._limit = self.max_length + 1  # one past the limit, so truncation is still counted
-        try:
-            segments = self.segments(example)
-        finally:
-            self._limit = None
-        return features_from_segments(segments, self.stats, max_length=self.max_length,
-                                      train_on_prompt=self.train_on_prompt, source=example.source)
+        return encode_bounded(self, example)
 
     def encode_prompt(self, messages: Sequence[Message] | str) -> list[int]:
         """Ids of a generation prompt: the template applied up to the assistant prefix.

@@ -37,7 +37,7 @@ import math
 from typing import Any, Sequence
 
 from lmforge.descriptors import Example, Message
-from lmforge.encoding import IGNORE_INDEX, EncodeStats, bounded_ids, features_from_segments
+from lmforge.encoding import IGNORE_INDEX, EncodeStats, bounded_ids, encode_bounded
 
 VARIANTS = ("glm", "chatglm", "chatglm2", "chatglm3", "glm4")
 ROLE_VARIANTS = ("chatglm3", "glm4")
@@ -228,13 +228,7 @@ class GLMEncoder:
     def encode(self, example: Example) -> dict[str, Any] | None:
         """``{"input_ids", "labels"}`` for one example, or ``None`` when truncation left no response."""
         # position ids are derived from the ids in collate(): the token cache stores ids and labels only
-        self._limit = self.max_length + 1  # one past the limit, so truncation is still counted
-        try:
-            segments = self.segments(example)
-        finally:
-            self._limit = None
-        return features_from_segments(segments, self.stats, max_length=self.max_length,
-                                      train_on_prompt=self.train_on_prompt, source=getattr(example, "source", None))
+        return encode_bounded(self, example)
 
     def encode_prompt(self, messages: Sequence[Message] | str) -> list[int]:
         """Ids a generation starts from: the same rendering as training, up to where the answer begins."""
