@@ -78,12 +78,10 @@ def predict_cmd(model, data, output, fmt, batch_size, n, max_new_tokens, tempera
     """Generate for every record of --data with MODEL (run directory, checkpoint or preset)."""
     request_threads(threads)
     params = make_params(max_new_tokens, temperature, top_p, top_k, repetition_penalty, stop, seed, n)
-    if batch_size < 1:
-        raise LmforgeError(f"--batch-size: must be >= 1 (got {batch_size})")
-    if not os.path.isfile(data):
-        raise LmforgeError(f"--data: {data}: no such file")
+    from .predict import check_args, metrics_path, predict
+
+    check_args(data, output, batch_size)  # before the model loads
     from .generation import Completion
-    from .predict import metrics_path, predict
 
     comp = Completion(model, adapter=adapter, trust_remote_code=trust_remote_code)
     summary = predict(comp, data, output, fmt=fmt, batch_size=batch_size, params=params, metrics=not no_metrics,

@@ -110,19 +110,24 @@ def metrics_path(output: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(output)), "metrics.json")
 
 
+def check_args(data: str, output: str, batch_size: int) -> None:
+    """The checks on predict's inputs, cheap enough to run before the model loads."""
+    if batch_size < 1:
+        raise LmforgeError(f"--batch-size: must be >= 1 (got {batch_size})")
+    if not os.path.isfile(data):
+        raise LmforgeError(f"--data: {data}: no such file")
+    out_dir = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(out_dir):
+        raise LmforgeError(f"--output: directory {out_dir} does not exist")
+
+
 def predict(completion, data: str, output: str, *, fmt: str = "auto", batch_size: int = 8, params=None,
             metrics: bool = True, progress: bool = True) -> dict:
     """Run prediction (module doc); returns ``{"written", "skipped", "tokens", "seconds", "metrics"}``."""
     from .generation import Request, SamplingParams
 
-    if batch_size < 1:
-        raise LmforgeError(f"--batch-size: must be >= 1 (got {batch_size})")
-    if not os.path.isfile(data):
-        raise LmforgeError(f"--data: {data}: no such file")
+    check_args(data, output, batch_size)
     params = params or SamplingParams()
-    out_dir = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(out_dir):
-        raise LmforgeError(f"--output: directory {out_dir} does not exist")
     seen = done_ids(output)
     bar = _progress(progress)
     written = tokens = 0

@@ -546,7 +546,6 @@ def _train_in_dir(cfg, source: ModelSource, reg, method, job_data, start) -> Tra
             save_outputs(trainer.model, tokenizer, source, method, staged, ctx)
             runfiles.remove_peft_cards(staged)
     if is_main:
-        _repoint_to_final(staged, out_dir)
         summary = {"global_step": trainer.state.global_step, "train_loss": train_loss,
                    "eval_loss_before": eval_before, "eval_loss_after": eval_after, **params}
         summary.pop("trainable_names")
@@ -586,20 +585,6 @@ def _checkpoint_global_step(ckpt: str | None) -> int:
             return int(json.load(f).get("global_step", 0))
     except (OSError, ValueError, TypeError):
         return rundir.checkpoint_step(ckpt) or 0
-
-
-def _repoint_to_final(staged: str, out_dir: str) -> None:
-    """Paths the savers wrote into the staged files (the preset base of an adapter) point at ``out_dir``."""
-    path = os.path.join(staged, "adapter_config.json")
-    if not os.path.isfile(path):
-        return
-    with open(path, encoding="utf-8") as f:
-        acfg = json.load(f)
-    base = acfg.get("base_model_name_or_path")
-    if isinstance(base, str) and os.path.abspath(base).startswith(os.path.abspath(staged) + os.sep):
-        acfg["base_model_name_or_path"] = os.path.join(os.path.abspath(out_dir),
-                                                       os.path.relpath(os.path.abspath(base), os.path.abspath(staged)))
-        _write_atomic(path, json.dumps(acfg, indent=2))
 
 
 def save_outputs(model, tokenizer, source: ModelSource, method, out_dir: str, ctx: PeftContext) -> None:

@@ -126,10 +126,8 @@ SLURM = Launcher(
 # ---------------------------------------------------------------- Kubernetes
 def pytorchjob(spec: LaunchSpec, cfg: dict, config_text: str) -> list[dict]:
     """A ConfigMap with the resolved config and a Kubeflow ``PyTorchJob`` (Master + Workers) running it."""
+    kubernetes_check(cfg)
     lc = cfg["launcher"]
-    if not lc.get("image"):
-        raise ConfigError("launcher.image: required for the kubernetes launcher (a container image with "
-                          "lmforge and its plugins installed)")
     nodes = lc.get("nodes") or spec.nnodes
     gpus = lc.get("gpus") or 0
     nproc = gpus or spec.nproc_per_node
