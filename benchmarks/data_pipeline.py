@@ -5,7 +5,7 @@ Produces the figures in docs/benchmarks.md ("Data pipeline"):
 1. Tokenization throughput (examples/s) on N synthetic ``input_output`` rows
    (default 100,000) with the tiny-llama tokenizer:
    - lmforge, cold cache: read + validate + chat template + tokenize + prompt
-     mask + write the memory-mapped token store (``lmforge.datacache.tokenize_file``);
+     mask + write the memory-mapped token store (``lmforge.data.cache.tokenize_file``);
    - lmforge, warm cache: the same call again (hashes the file, tokenizes nothing);
    - baseline: ``datasets.load_dataset("json")`` + a plain batched ``Dataset.map``
      that tokenizes prompt and response and builds masked labels (no template).
@@ -82,8 +82,8 @@ def hwm_mb() -> float:
 
 
 def bench_lmforge(path: str, n: int, max_length: int) -> dict:
-    from lmforge.datacache import tokenize_file
-    from lmforge.dataprep import encoder_for_model
+    from lmforge.data.cache import tokenize_file
+    from lmforge.data.prepare import encoder_for_model
 
     enc = encoder_for_model("tiny-llama", max_length=max_length)
     t = time.perf_counter()
@@ -134,8 +134,8 @@ def bench_baseline(path: str, n: int, max_length: int, cache_dir: str) -> dict:
 
 STREAM_CHILD = """
 import sys, time
-from lmforge.data import ReadReport, iter_examples
-from lmforge.plugins import get_registry
+from lmforge.data.readers import ReadReport, iter_examples
+from lmforge.plugins.registry import get_registry
 
 def hwm_kb():  # this process's peak RSS (VmHWM; ru_maxrss would include the parent's, inherited at fork)
     for line in open("/proc/self/status"):

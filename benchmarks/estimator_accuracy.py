@@ -38,8 +38,8 @@ import statistics
 import sys
 import time
 
-from lmforge.memory import EstimateJob
-from lmforge.plugins import get_registry
+from lmforge.modeling.memory import EstimateJob
+from lmforge.plugins.registry import get_registry
 from lmforge_builtins.estimator import measure
 from lmforge_builtins.estimator.analytic import estimate
 from lmforge_builtins.estimator.profiles import approximation

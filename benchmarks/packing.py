@@ -48,7 +48,7 @@ WORDS = ("the of and to in is was for on with as by at from this that which be a
 
 def make_examples(n: int, seed: int):
     """Long-tailed single-turn instruction examples (see module doc)."""
-    from lmforge.descriptors import Example, Message
+    from lmforge.plugins.descriptors import Example, Message
 
     rng = random.Random(seed)
 
@@ -98,13 +98,13 @@ def main() -> None:
 
     import torch
 
-    from lmforge.descriptors import PeftContext, resolve_ref, validate_options
-    from lmforge.encoding import make_encoder
-    from lmforge.modeling import LoadOptions, load_model, resolve_model
+    from lmforge.plugins.descriptors import PeftContext, resolve_ref, validate_options
+    from lmforge.data.encoding import make_encoder
+    from lmforge.modeling.loading import LoadOptions, load_model, resolve_model
     from lmforge.packing import (ATTN_NAME, PackedCollator, pack_features, register_packed_attention,
                                  verify_no_cross_attention)
-    from lmforge.plugins import get_registry
-    from lmforge.training import pad_collate
+    from lmforge.plugins.registry import get_registry
+    from lmforge.train.pipeline import pad_collate
 
     if args.threads:
         torch.set_num_threads(args.threads)

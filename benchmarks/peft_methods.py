@@ -48,7 +48,7 @@ def write_llama_100m(path: str) -> str:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lmforge.plugins import get_registry
+    from lmforge.plugins.registry import get_registry
 
     _, preset = get_registry().find_preset("tiny-llama")
     cfg = {k: v for k, v in preset.config.items() if k != "model_type"}
@@ -66,7 +66,7 @@ def run_one(model: str, method: str, steps: int, batch: int, max_length: int, ou
     """Train ``method`` on ``model`` for ``steps`` steps in this process; return the measurements."""
     import resource
 
-    import lmforge.training as training
+    import lmforge.train.pipeline as training
     from transformers import TrainerCallback
 
     from lmforge.api import FineTune

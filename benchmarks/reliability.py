@@ -66,7 +66,7 @@ def config_mistakes(tmp: str, fx: dict) -> dict:
 def check_case(argv, expected) -> tuple[bool, str]:
     from click.testing import CliRunner
 
-    from lmforge.cli import build_cli
+    from lmforge.cli.main import build_cli
 
     res = CliRunner().invoke(build_cli(), argv)
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]

@@ -14,12 +14,12 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """uvicorn running :func:`lmforge.serve.build_app` in a thread; ``url`` is its base URL."""
+    """uvicorn running :func:`lmforge.inference.serve.build_app` in a thread; ``url`` is its base URL."""
 
     def __init__(self, server, *, ui: bool = False) -> None:
         import uvicorn
 
-        from lmforge.serve import build_app
+        from lmforge.inference.serve import build_app
 
         self.server = server
         self.port = free_port()

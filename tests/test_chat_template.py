@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lmforge.descriptors import Message
+from lmforge.plugins.descriptors import Message
 
 CONVERSATIONS = [
     [Message("user", "What is 3 plus 4?")],
@@ -26,9 +26,9 @@ PRESETS = ["tiny-llama", "tiny-bloom", "tiny-cpmant", "tiny-minicpm", "tiny-mini
 def test_saved_tokenizer_renders_the_training_prompt(preset, tmp_path):
     from transformers import AutoTokenizer
 
-    from lmforge.chat_jinja import attach
-    from lmforge.encoding import make_encoder
-    from lmforge.modeling import LoadOptions, load_model, resolve_model
+    from lmforge.plugins.chat_jinja import attach
+    from lmforge.data.encoding import make_encoder
+    from lmforge.modeling.loading import LoadOptions, load_model, resolve_model
 
     src = resolve_model(preset)
     _, tok = load_model(src, LoadOptions(dtype="fp32"))
@@ -45,9 +45,9 @@ def test_saved_tokenizer_renders_the_training_prompt(preset, tmp_path):
 
 
 def test_raw_template_attaches_nothing():
-    from lmforge.chat_jinja import chat_template_for
-    from lmforge.encoding import make_encoder
-    from lmforge.modeling import LoadOptions, load_model, resolve_model
+    from lmforge.plugins.chat_jinja import chat_template_for
+    from lmforge.data.encoding import make_encoder
+    from lmforge.modeling.loading import LoadOptions, load_model, resolve_model
 
     src = resolve_model("tiny-llama")
     _, tok = load_model(src, LoadOptions(dtype="fp32"))

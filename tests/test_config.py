@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-import lmforge.training as training
-from lmforge.config import apply_overrides, load_yaml, parse_override, validate
+import lmforge.train.pipeline as training
+from lmforge.config.schema import apply_overrides, load_yaml, parse_override, validate
 from lmforge.errors import ConfigError
 
 DATA = "examples/data/train.jsonl"
@@ -114,7 +114,7 @@ def test_dry_run_checks_training_arguments(train, message, tmp_path):
     import yaml
     from click.testing import CliRunner
 
-    from lmforge.cli import cli
+    from lmforge.cli.main import cli
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"model": "tiny-llama", "data": {"train_file": DATA}, "train": train}))
@@ -133,7 +133,7 @@ def test_dry_run_accepts_a_good_train_section(tmp_path):
     import yaml
     from click.testing import CliRunner
 
-    from lmforge.cli import cli
+    from lmforge.cli.main import cli
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"model": "tiny-llama", "data": {"train_file": DATA},

@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-import lmforge.encoding as encoding
-from lmforge.datacache import tokenize_file
-from lmforge.dataprep import encoder_for_model, prepare_split
+import lmforge.data.encoding as encoding
+from lmforge.data.cache import tokenize_file
+from lmforge.data.prepare import encoder_for_model, prepare_split
 
 ROWS = [{"input": f"What is {i} plus {i}?", "output": f"{2 * i}"} for i in range(30)]
 
@@ -99,7 +99,7 @@ def test_cache_off_writes_nothing(tmp_path, cache, encode_calls):
 
 
 def test_training_twice_tokenizes_once(tmp_path, cache, encode_calls):
-    from lmforge.training import run_training
+    from lmforge.train.pipeline import run_training
 
     p = write(tmp_path / "t.jsonl", ROWS)
     cfg = {"model": "tiny-llama", "max_length": 32, "data": {"train_file": p},
@@ -113,14 +113,14 @@ def test_training_twice_tokenizes_once(tmp_path, cache, encode_calls):
 
 
 def _job_cfg(p):
-    from lmforge.config import validate
+    from lmforge.config.schema import validate
 
     return validate({"model": "tiny-llama", "output_dir": "/tmp/unused", "max_length": 64, "data": {"train_file": p}})
 
 
 def test_model_tokenizer_differing_from_the_early_one_retokenizes(tmp_path, cache):
-    from lmforge.dataprep import prepare_job_data
-    from lmforge.modeling import resolve_model
+    from lmforge.data.prepare import prepare_job_data
+    from lmforge.modeling.loading import resolve_model
 
     p = write(tmp_path / "t.jsonl", ROWS)
     cfg = _job_cfg(p)
@@ -137,9 +137,9 @@ def test_model_tokenizer_differing_from_the_early_one_retokenizes(tmp_path, cach
 
 
 def test_tokenizer_not_loadable_alone_validates_first_and_tokenizes_later(tmp_path, cache, monkeypatch):
-    import lmforge.dataprep as dataprep
+    import lmforge.data.prepare as dataprep
     from lmforge.errors import DataError
-    from lmforge.modeling import resolve_model
+    from lmforge.modeling.loading import resolve_model
 
     def no_tokenizer(*a, **k):
         raise OSError("this family's tokenizer needs its own loader")

@@ -8,8 +8,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from lmforge.cli import build_cli
-from lmforge.data import iter_examples
+from lmforge.cli.main import build_cli
+from lmforge.data.readers import iter_examples
 
 
 def run(*args):
@@ -72,8 +72,8 @@ def test_convert_txt_to_input_output(tmp_path):
 
 def test_cache_command(tmp_path, sample, monkeypatch):
     monkeypatch.setenv("LMFORGE_CACHE_DIR", str(tmp_path / "cache"))
-    from lmforge.datacache import tokenize_file
-    from lmforge.dataprep import encoder_for_model
+    from lmforge.data.cache import tokenize_file
+    from lmforge.data.prepare import encoder_for_model
 
     tokenize_file(str(sample), encoder_for_model("tiny-llama", max_length=32), on_error="skip")
     assert "1 entries" in run("data", "cache").output
@@ -82,7 +82,7 @@ def test_cache_command(tmp_path, sample, monkeypatch):
 
 
 def test_other_plugins_can_attach_data_subcommands():
-    from lmforge.datacli import data_group
+    from lmforge.cli.data import data_group
 
     @click.command("hello-data")
     def hello():

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-import lmforge.training as training
-from lmforge.data import ReadReport, load_examples
+import lmforge.train.pipeline as training
+from lmforge.data.readers import ReadReport, load_examples
 from lmforge.errors import DataError
 
 GOOD = '{"input": "q", "output": "a"}'
@@ -101,8 +101,8 @@ def test_training_fails_on_bad_data_before_loading_the_model(tmp_path, monkeypat
 
 
 def test_skipped_records_in_the_cache_still_fail_a_raise_run(tmp_path, monkeypatch):
-    from lmforge.dataprep import encoder_for_model
-    from lmforge.datacache import tokenize_file
+    from lmforge.data.prepare import encoder_for_model
+    from lmforge.data.cache import tokenize_file
 
     monkeypatch.setenv("LMFORGE_CACHE_DIR", str(tmp_path / "cache"))
     p = write(tmp_path / "t.jsonl", GOOD + "\n" + '{"input": "q"}\n' + GOOD + "\n")
@@ -118,7 +118,7 @@ def test_skipped_records_in_the_cache_still_fail_a_raise_run(tmp_path, monkeypat
 def test_cli_reports_bad_data_with_exit_status_2(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from lmforge.cli import build_cli
+    from lmforge.cli.main import build_cli
 
     monkeypatch.setenv("LMFORGE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(training, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded")))

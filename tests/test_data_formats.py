@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from lmforge.data import ReadReport, iter_examples, load_examples, read_examples
-from lmforge.datacache import tokenize_file
-from lmforge.encoding import IGNORE_INDEX, TemplateEncoder
-from lmforge.plugins import get_registry
+from lmforge.data.readers import ReadReport, iter_examples, load_examples, read_examples
+from lmforge.data.cache import tokenize_file
+from lmforge.data.encoding import IGNORE_INDEX, TemplateEncoder
+from lmforge.plugins.registry import get_registry
 
 BOS, EOS = 1, 2
 
@@ -155,7 +155,7 @@ def test_json_array_gz_directory_and_glob(tmp_path, tok, raw):
 
 
 def test_json_array_is_parsed_incrementally(tmp_path, monkeypatch):
-    import lmforge.data as data
+    import lmforge.data.readers as data
 
     monkeypatch.setattr(data, "_JSON_CHUNK", 7)  # every element and number straddles chunk boundaries
     rows = [{"input": "x" * n, "output": "é" * (n + 1)} for n in range(1, 30)]

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from lmforge.cli import build_cli
-from lmforge.data import iter_examples
-from lmforge.dataprep import encoder_for_model, prepare_split
+from lmforge.cli.main import build_cli
+from lmforge.data.readers import iter_examples
+from lmforge.data.prepare import encoder_for_model, prepare_split
 from lmforge.errors import DataError
-from lmforge.indexed import length_distribute
-from lmforge.tokenstore import TokenStore
+from lmforge.data.indexed import length_distribute
+from lmforge.data.tokenstore import TokenStore
 
 ROWS = ([{"input": "", "output": "plain pretraining text number %d " % i * (1 + i % 7)} for i in range(20)]
         + [{"input": "question %d" % i, "output": "answer %d" % i} for i in range(10)])
@@ -94,7 +94,7 @@ def test_datasets_pickle_without_their_arrays(tmp_path, corpus):
     """DataLoader workers started with spawn receive paths, not copies of the memory-mapped data."""
     import pickle
 
-    from lmforge.tokenstore import TokenDataset
+    from lmforge.data.tokenstore import TokenDataset
 
     out, _ = build(tmp_path, corpus)
     ds = TokenDataset([TokenStore(str(out))], max_length=16)
@@ -106,7 +106,7 @@ def test_datasets_pickle_without_their_arrays(tmp_path, corpus):
 
 
 def test_dataset_lengths_match_items(tmp_path, corpus):
-    from lmforge.tokenstore import TokenDataset
+    from lmforge.data.tokenstore import TokenDataset
 
     out, _ = build(tmp_path, corpus)
     ds = TokenDataset([TokenStore(str(out)), TokenStore(str(out))], max_length=12, limit=50)

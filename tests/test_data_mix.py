@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from lmforge.cli import build_cli
-from lmforge.dataprep import encoder_for_model, prepare_mixture
+from lmforge.cli.main import build_cli
+from lmforge.data.prepare import encoder_for_model, prepare_mixture
 from lmforge.errors import ConfigError, DataError
-from lmforge.mixing import MixSchedule, permute, read_mix_file
+from lmforge.data.mixing import MixSchedule, permute, read_mix_file
 
 
 def counts(schedule, n):
@@ -202,7 +202,7 @@ def test_duplicate_names_and_bad_transform(tmp_path, mix_setup):
 
 
 def test_training_on_a_mixture(mix_setup):
-    from lmforge.training import run_training
+    from lmforge.train.pipeline import run_training
 
     cfg, tmp = mix_setup
     job = {"model": "tiny-llama", "output_dir": str(tmp / "out"), "max_length": 32,

@@ -268,13 +268,13 @@ def test_kubernetes_pytorchjob_and_the_environment_torchrun_sees(tmp_path):
         args = parse_args(argv[3:])  # after: python -m torch.distributed.run
         assert (args.nnodes, args.nproc_per_node, args.node_rank) == ("3", "8", rank)
         assert (args.master_addr, args.master_port) == ("lmforge-run-master-0", 23456)
-        assert args.training_script == "lmforge.worker" and args.module
+        assert args.training_script == "lmforge.train.worker" and args.module
         assert args.training_script_args == ["/etc/lmforge/lmforge.yaml"]
 
 
 def _workers(out) -> list[int]:
     """Worker processes of a run (not torchrun itself, whose command line names the worker too)."""
-    ps = subprocess.run(["pgrep", "-f", f"lmforge.worker {out}"], capture_output=True, text=True).stdout.split()
+    ps = subprocess.run(["pgrep", "-f", f"lmforge.train.worker {out}"], capture_output=True, text=True).stdout.split()
     pids = []
     for p in ps:
         try:

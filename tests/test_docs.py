@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 
-from lmforge import hookspecs
+from lmforge.plugins import hookspecs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

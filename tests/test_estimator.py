@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from lmforge.errors import ConfigError, LmforgeError
-from lmforge.memory import (
+from lmforge.modeling.memory import (
     DoesNotFitError,
     EstimateJob,
     MemoryBreakdown,
@@ -24,7 +24,7 @@ from lmforge.memory import (
     parse_size,
     plan_dynamic_batch,
 )
-from lmforge.plugins import get_registry
+from lmforge.plugins.registry import get_registry
 
 GiB = 1 << 30
 REQUIRED_JSON = ("total_params", "trainable_params", "params_bytes", "grads_bytes", "optimizer_bytes",
@@ -237,7 +237,7 @@ def test_plan_rejects_a_global_batch_the_processes_cannot_share():
 
 
 def test_training_config_accepts_the_dynamic_batch_keys():
-    from lmforge.config import validate
+    from lmforge.config.schema import validate
 
     cfg = validate({"model": "tiny-llama", "data": {"train_file": "x.jsonl"}, "dynamic_batch": True,
                     "gpu_memory": "24GiB", "memory_margin": 0.2})
@@ -245,9 +245,9 @@ def test_training_config_accepts_the_dynamic_batch_keys():
 
 
 def test_plan_for_training_sets_micro_batch_and_accumulation(tmp_path):
-    from lmforge.config import validate
-    from lmforge.memory import MEMORY_ESTIMATE, plan_for_training
-    from lmforge.modeling import resolve_model
+    from lmforge.config.schema import validate
+    from lmforge.modeling.memory import MEMORY_ESTIMATE, plan_for_training
+    from lmforge.modeling.loading import resolve_model
 
     cfg = validate({"model": "llama-2-7b", "output_dir": str(tmp_path), "data": {"train_file": "x.jsonl"},
                     "peft": {"method": "lora"}, "max_length": 2048, "gradient_checkpointing": True,
@@ -265,9 +265,9 @@ def test_plan_for_training_sets_micro_batch_and_accumulation(tmp_path):
 
 
 def test_plan_for_training_needs_a_budget_without_cuda(tmp_path, monkeypatch):
-    from lmforge import memory
-    from lmforge.config import validate
-    from lmforge.modeling import resolve_model
+    from lmforge.modeling import memory
+    from lmforge.config.schema import validate
+    from lmforge.modeling.loading import resolve_model
 
     monkeypatch.setattr(memory, "_device_memory", lambda: ("cpu", None))
     cfg = validate({"model": "tiny-llama", "output_dir": str(tmp_path), "data": {"train_file": "x.jsonl"},
@@ -283,7 +283,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     """``lmforge estimate ...`` in a fresh interpreter that asserts torch was never imported."""
     code = (
         "import sys\n"
-        "from lmforge.cli import main\n"
+        "from lmforge.cli.main import main\n"
         f"sys.argv = ['lmforge', 'estimate', *{list(args)!r}]\n"
         "try:\n    main()\nexcept SystemExit as e:\n    code = e.code or 0\nelse:\n    code = 0\n"
         "heavy = [m for m in ('torch', 'transformers', 'peft', 'deepspeed') if m in sys.modules]\n"
@@ -349,7 +349,7 @@ def test_train_local_with_dynamic_batch_picks_the_micro_batch_before_loading(tmp
     """End to end on CPU: the planner sets micro-batch and accumulation, the run keeps the global batch."""
     pytest.importorskip("torch")
     from lmforge.api import FineTune
-    from lmforge.memory import MEMORY_ESTIMATE
+    from lmforge.modeling.memory import MEMORY_ESTIMATE
 
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps({"input": f"{i} plus {i}?", "output": str(2 * i)}) + "\n" for i in range(40)))

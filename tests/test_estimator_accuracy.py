@@ -24,8 +24,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from lmforge.memory import EstimateJob  # noqa: E402
-from lmforge.plugins import get_registry  # noqa: E402
+from lmforge.modeling.memory import EstimateJob  # noqa: E402
+from lmforge.plugins.registry import get_registry  # noqa: E402
 from lmforge_builtins.estimator import measure  # noqa: E402
 from lmforge_builtins.estimator.analytic import estimate  # noqa: E402
 from lmforge_builtins.estimator.profiles import approximation  # noqa: E402

@@ -34,7 +34,7 @@ WORKER = textwrap.dedent('''
         import torch, deepspeed
         torch.set_num_threads(1)
         deepspeed.init_distributed(dist_backend="gloo")
-        from lmforge.plugins import get_registry
+        from lmforge.plugins.registry import get_registry
         from lmforge_builtins.estimator import measure
         fam = get_registry().family("llama")
         preset = fam.preset("tiny-llama")
@@ -94,8 +94,8 @@ def deepspeed_bytes(tmp_path_factory):
 @pytest.mark.parametrize("stage", [1, 2, 3])
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_zero_partitions_are_exact(deepspeed_bytes, stage, method):
-    from lmforge.memory import EstimateJob, get_estimator
-    from lmforge.plugins import get_registry
+    from lmforge.modeling.memory import EstimateJob, get_estimator
+    from lmforge.plugins.registry import get_registry
 
     fam = get_registry().family("llama")
     arch = fam.arch_from_config(fam.preset("tiny-llama").config)

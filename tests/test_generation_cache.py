@@ -15,7 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from lmforge.plugins import get_registry  # noqa: E402
+from lmforge.plugins.registry import get_registry  # noqa: E402
 
 pytestmark = pytest.mark.latest
 

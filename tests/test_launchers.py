@@ -9,18 +9,18 @@ import sys
 
 import pytest
 
-from lmforge.descriptors import LaunchSpec
-from lmforge.plugins import get_registry
+from lmforge.plugins.descriptors import LaunchSpec
+from lmforge.plugins.registry import get_registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_torchrun_command_single_and_multi_node():
     launcher = get_registry().launcher("torchrun")
-    worker = (sys.executable, "-m", "lmforge.worker", "/tmp/c.yaml")
+    worker = (sys.executable, "-m", "lmforge.train.worker", "/tmp/c.yaml")
     one = launcher.command(LaunchSpec(worker_argv=worker, nproc_per_node=2))
     assert one[1:] == ["-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1", "--standalone",
-                       "-m", "lmforge.worker", "/tmp/c.yaml"]
+                       "-m", "lmforge.train.worker", "/tmp/c.yaml"]
     multi = launcher.command(LaunchSpec(worker_argv=worker, nproc_per_node=8, nnodes=4, node_rank=2,
                                         master_addr="10.0.0.1", master_port=29600))
     assert "--node_rank=2" in multi and "--master_addr=10.0.0.1" in multi and "--master_port=29600" in multi

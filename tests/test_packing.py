@@ -16,10 +16,10 @@ import random
 import pytest
 import torch
 
-from lmforge.descriptors import Example, Message
-from lmforge.encoding import IGNORE_INDEX, make_encoder
+from lmforge.plugins.descriptors import Example, Message
+from lmforge.data.encoding import IGNORE_INDEX, make_encoder
 from lmforge.errors import CapabilityError
-from lmforge.modeling import LoadOptions, load_model, resolve_model
+from lmforge.modeling.loading import LoadOptions, load_model, resolve_model
 from lmforge.packing import (
     ATTN_NAME,
     PACKED_KEY,
@@ -32,8 +32,8 @@ from lmforge.packing import (
     segment_attention_forward,
     verify_no_cross_attention,
 )
-from lmforge.plugins import get_registry
-from lmforge.training import make_collator
+from lmforge.plugins.registry import get_registry
+from lmforge.data.collate import make_collator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "examples", "data", "train.jsonl")
@@ -256,9 +256,9 @@ def test_padded_batches_through_packed_attention_match_sdpa():
 
 
 def test_packing_is_refused_with_the_family_reason():
-    from lmforge.config import validate
-    from lmforge.modeling import ModelSource
-    from lmforge.training import check_capabilities
+    from lmforge.config.schema import validate
+    from lmforge.modeling.loading import ModelSource
+    from lmforge.train.pipeline import check_capabilities
 
     reg = get_registry()
     generic = reg.family("causal-lm")
@@ -287,7 +287,7 @@ def test_data_pack_file_trains_as_the_same_rows(tmp_path):
     """`lmforge data pack` writes rows that, read back with online_packing: false, are the online rows."""
     from click.testing import CliRunner
 
-    from lmforge.cli import build_cli
+    from lmforge.cli.main import build_cli
     from lmforge.packing import feature_lengths
 
     out = str(tmp_path / "packed.jsonl")
@@ -298,7 +298,7 @@ def test_data_pack_file_trains_as_the_same_rows(tmp_path):
         records = [json.loads(line) for line in f]
     assert sum(len(r["output"]) for r in records) == 2000
 
-    from lmforge.data import load_examples
+    from lmforge.data.readers import load_examples
 
     source = resolve_model("tiny-llama")
     _, tokenizer = load_model(source, LoadOptions(dtype="fp32"))

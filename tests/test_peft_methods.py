@@ -116,7 +116,7 @@ def _probe_logits(model, tokenizer):
 
 def _train(method, base, task, out, monkeypatch, steps=STEPS, **extra):
     """Run the real pipeline; return (TrainResult, logits of the in-memory final model on PROBE)."""
-    import lmforge.training as training
+    import lmforge.train.pipeline as training
     from lmforge.api import FineTune
 
     captured = {}
@@ -186,8 +186,8 @@ def test_run_dir_reloads_to_identical_logits_and_generates(method, runs):
     import lmforge
     from click.testing import CliRunner
 
-    from lmforge.cli import build_cli
-    from lmforge.generation import Completion
+    from lmforge.cli.main import build_cli
+    from lmforge.inference.generation import Completion
 
     run = runs.get(method)
     model, tokenizer = lmforge.load(run["dir"])
@@ -263,7 +263,7 @@ def test_merge_writes_a_plain_checkpoint_with_base_plus_adapter_logits(method, r
     from click.testing import CliRunner
     from transformers import AutoModelForCausalLM
 
-    from lmforge.cli import build_cli
+    from lmforge.cli.main import build_cli
 
     run = runs.get(method)
     out = str(tmp_path / "merged")
@@ -293,7 +293,7 @@ def test_preset_runs_keep_their_base_and_reload_identically(method, task, tmp_pa
 def test_method_is_chosen_by_cli_flag_and_options_by_set(tmp_path):
     from click.testing import CliRunner
 
-    from lmforge.cli import build_cli
+    from lmforge.cli.main import build_cli
 
     config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "quickstart.yaml")
     cli = CliRunner().invoke(build_cli(), ["train", config, "--peft", "dora", "--set", "peft.r=4", "--dry-run"])
@@ -349,8 +349,8 @@ def test_adalora_reallocates_ranks(runs):
 
 def test_unipelt_gates_are_per_token_and_causal(trained_tiny_llama):
     import lmforge
-    from lmforge.descriptors import PeftContext
-    from lmforge.plugins import get_registry
+    from lmforge.plugins.descriptors import PeftContext
+    from lmforge.plugins.registry import get_registry
     from lmforge_builtins.peft import unipelt
 
     base, tok = lmforge.load(trained_tiny_llama)
@@ -384,7 +384,7 @@ def test_unipelt_gates_are_per_token_and_causal(trained_tiny_llama):
 
 @pytest.fixture
 def no_model_load(monkeypatch):
-    import lmforge.training as training
+    import lmforge.train.pipeline as training
 
     def refuse(*a, **k):
         raise AssertionError("the model was loaded before the error")
@@ -420,7 +420,7 @@ def test_bad_options_fail_before_model_load_naming_the_option(method, options, n
 
 
 def test_every_method_is_registered_with_an_option_schema():
-    from lmforge.plugins import get_registry
+    from lmforge.plugins.registry import get_registry
 
     reg = get_registry()
     assert set(METHODS) <= set(reg.names("peft_methods"))
@@ -436,9 +436,9 @@ def test_family_capability_map_refuses_a_method_up_front(monkeypatch, no_model_l
     from dataclasses import replace
 
     from lmforge.api import FineTune
-    from lmforge.descriptors import unsupported
+    from lmforge.plugins.descriptors import unsupported
     from lmforge.errors import CapabilityError
-    from lmforge.plugins import get_registry
+    from lmforge.plugins.registry import get_registry
 
     reg = get_registry()
     entry = reg.entries["model_families"]["llama"]
@@ -475,7 +475,7 @@ def test_freeze_names_an_unknown_module(trained_tiny_llama, task, tmp_path):
 def test_merge_refuses_a_method_that_cannot_merge(runs, tmp_path):
     from click.testing import CliRunner
 
-    from lmforge.cli import build_cli
+    from lmforge.cli.main import build_cli
 
     cli = CliRunner().invoke(build_cli(), ["merge", runs.get("prefix")["dir"], "-o", str(tmp_path / "m")])
     assert cli.exit_code == 2
@@ -483,7 +483,7 @@ def test_merge_refuses_a_method_that_cannot_merge(runs, tmp_path):
 
 
 def test_docs_peft_md_names_every_method_and_option():
-    from lmforge.plugins import get_registry
+    from lmforge.plugins.registry import get_registry
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(root, "docs", "peft.md"), encoding="utf-8") as f:

@@ -11,7 +11,7 @@ from importlib import metadata
 import pytest
 
 from lmforge.errors import PluginConflictError, PluginError
-from lmforge.plugins import Registry, get_registry
+from lmforge.plugins.registry import Registry, get_registry
 
 from lmforge_testing import dist_entry_points, make_fake_dist
 
@@ -19,7 +19,7 @@ BROKEN = "raise RuntimeError('boom: this plugin is broken on purpose')\n"
 
 DUP_FAMILY = """
 from lmforge import hookimpl
-from lmforge.descriptors import ModelFamily, ArchSpec
+from lmforge.plugins.descriptors import ModelFamily, ArchSpec
 
 @hookimpl
 def register_model_families(register):
@@ -28,7 +28,7 @@ def register_model_families(register):
 
 GOOD = """
 from lmforge import hookimpl
-from lmforge.descriptors import DataFormat, Example
+from lmforge.plugins.descriptors import DataFormat, Example
 
 @hookimpl
 def register_data_formats(register):
@@ -138,7 +138,7 @@ def test_contested_name_is_refused_for_both_whatever_the_load_order(tmp_path, mo
 
 PRESET_THIEF = """
 from lmforge import hookimpl
-from lmforge.descriptors import ModelFamily, Preset
+from lmforge.plugins.descriptors import ModelFamily, Preset
 
 @hookimpl
 def register_model_families(register):
@@ -174,7 +174,7 @@ def test_preset_names_and_aliases_are_unique_across_families(tmp_path):
 SLOW = """
 import time
 from lmforge import hookimpl
-from lmforge.descriptors import DataFormat, Example
+from lmforge.plugins.descriptors import DataFormat, Example
 time.sleep(1.2)
 
 @hookimpl
@@ -252,7 +252,7 @@ PROBE = """
 import sys, runpy
 sys.argv = ["lmforge"] + {args!r}
 try:
-    from lmforge.cli import main
+    from lmforge.cli.main import main
     main()
 except SystemExit:
     pass
@@ -269,7 +269,7 @@ def test_fast_commands_do_not_import_torch(args):
 
 
 def test_registration_modules_do_not_import_torch():
-    code = ("import sys\nfrom lmforge.plugins import get_registry\nget_registry()\n"
+    code = ("import sys\nfrom lmforge.plugins.registry import get_registry\nget_registry()\n"
             "print(sorted(m for m in ('torch','transformers','peft','bitsandbytes','deepspeed') if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.stdout.strip() == "[]", res.stdout + res.stderr

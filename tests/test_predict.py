@@ -23,7 +23,7 @@ ROWS = [{"input": f"What is {a} plus {b}?", "output": f"{a} + {b} = {a + b}. The
 
 
 def _cli(*args):
-    from lmforge.cli import build_cli
+    from lmforge.cli.main import build_cli
 
     return CliRunner().invoke(build_cli(), list(args), catch_exceptions=False)
 
@@ -41,7 +41,7 @@ def test_metrics_follow_the_chatglm_scripts():
     from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
     from rouge_chinese import Rouge
 
-    from lmforge.metrics import corpus_scores, score
+    from lmforge.inference.metrics import corpus_scores, score
 
     pred, ref = "小明有5个苹果，吃了2个。", "小明有5个苹果，又吃了2个，还剩3个。"
     s = score(pred, ref)
@@ -146,7 +146,7 @@ def test_eval_with_generation_logs_metrics(trained_tiny_llama, tmp_path):
 # ---------------------------------------------------------------- chat
 def test_chat_keeps_history_and_clears_it(trained_tiny_llama):
     from lmforge import Completion
-    from lmforge.descriptors import Message
+    from lmforge.plugins.descriptors import Message
 
     comp = Completion(trained_tiny_llama)
     q1, q2 = "What is 2 plus 3?", "And 4 plus 4?"

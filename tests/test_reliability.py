@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from lmforge import rundir
+from lmforge.runs import rundir
 from lmforge.errors import LmforgeError
 
 from reliability_cases import (CORRUPTIONS, cli_env, kill_and_resume, lmforge, max_abs_diff, one_error_line,
@@ -33,8 +33,8 @@ from reliability_cases import (CORRUPTIONS, cli_env, kill_and_resume, lmforge, m
 
 
 def _train(cfg_path: str, **kw):
-    from lmforge.config import load_yaml
-    from lmforge.training import run_training
+    from lmforge.config.schema import load_yaml
+    from lmforge.train.pipeline import run_training
     from lmforge_testing import torch_threads
 
     cfg = load_yaml(cfg_path)
@@ -76,7 +76,7 @@ def snapshot(path: str) -> dict:
 
 HOLDER = """
 import sys, time
-from lmforge.rundir import RunLock
+from lmforge.runs.rundir import RunLock
 RunLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(600)
@@ -124,7 +124,7 @@ def test_two_real_runs_into_one_dir_one_fails_at_once_the_other_is_intact(tmp_pa
         a.kill()
     assert a.returncode == 0, a_err[-3000:]
     print(f"second run refused after {refused_after:.1f} s (process start included)")
-    from lmforge.config import load_yaml
+    from lmforge.config.schema import load_yaml
 
     assert load_yaml(os.path.join(out, "lmforge.yaml"))["train"]["seed"] == 1
     for ck in ("checkpoint-100", "checkpoint-200", "checkpoint-300"):
@@ -232,12 +232,12 @@ def test_resume_names_every_difference_and_refuses_trajectory_changes(tmp_path, 
 
 
 def _no_heavy_work(monkeypatch):
-    import lmforge.dataprep
+    import lmforge.data.prepare
 
     def boom(*a, **k):
         raise AssertionError("tokenization / model load reached before the check")
 
-    monkeypatch.setattr(lmforge.dataprep, "prepare_job_data", boom)
+    monkeypatch.setattr(lmforge.data.prepare, "prepare_job_data", boom)
 
 
 @pytest.mark.parametrize("key,value,expected", [
@@ -272,12 +272,12 @@ def test_missing_data_and_bad_model_dir_fail_before_anything_is_written(tmp_path
     with open(os.path.join(model, "model.safetensors"), "r+b") as f:
         f.truncate(1000)
     cfg = write_config(str(tmp_path / "c.yaml"), fx["data"], out)
-    from lmforge.config import load_yaml
+    from lmforge.config.schema import load_yaml
 
     raw = load_yaml(cfg)
     raw["model"] = model
     raw["overwrite"] = True
-    from lmforge.training import run_training
+    from lmforge.train.pipeline import run_training
 
     with pytest.raises(LmforgeError, match=f"{model}/model.safetensors: corrupt or truncated safetensors"):
         run_training(raw)
@@ -332,7 +332,7 @@ def test_full_disk_stops_with_one_error_and_the_run_resumes(tmp_path, fx):
         gen = lmforge("generate", out, "hi")
         assert "did not finish" in one_error_line(gen.stderr)
         # every checkpoint that carries the name is whole
-        from lmforge.artefacts import check_checkpoint
+        from lmforge.runs.artefacts import check_checkpoint
 
         for ck in rundir.checkpoints(out):
             check_checkpoint(os.path.join(out, ck))
@@ -372,7 +372,7 @@ def test_interrupted_final_save_is_reported_everywhere_and_resume_finishes_it(tm
     from click.testing import CliRunner
 
     import lmforge
-    from lmforge.cli import build_cli
+    from lmforge.cli.main import build_cli
 
     out = str(tmp_path / "run")
     cfg = write_config(str(tmp_path / "c.yaml"), fx["data"], out)
@@ -405,7 +405,7 @@ def test_interrupted_final_save_is_reported_everywhere_and_resume_finishes_it(tm
 
 
 def test_rotation_never_leaves_a_half_deleted_checkpoint(tmp_path, fx, monkeypatch):
-    from lmforge.artefacts import check_checkpoint
+    from lmforge.runs.artefacts import check_checkpoint
 
     out = str(tmp_path / "run")
     shutil.copytree(fx["lora"], out)
@@ -437,7 +437,7 @@ def test_rotation_never_leaves_a_half_deleted_checkpoint(tmp_path, fx, monkeypat
 def test_corrupt_artefact_ends_in_one_error_naming_it(tmp_path, fx, case):
     from click.testing import CliRunner
 
-    from lmforge.cli import build_cli
+    from lmforge.cli.main import build_cli
 
     argv, expected = CORRUPTIONS[case](str(tmp_path), fx)
     res = CliRunner().invoke(build_cli(), argv, catch_exceptions=True)
@@ -519,8 +519,8 @@ def test_kill_9_at_random_points_then_resume_reaches_identical_weights(tmp_path,
 HUGE = """
 import json, os, random, resource, sys
 path = sys.argv[1]
-from lmforge.data import read_examples
-from lmforge.dataprep import encoder_for_model
+from lmforge.data.readers import read_examples
+from lmforge.data.prepare import encoder_for_model
 enc = encoder_for_model(sys.argv[2], max_length=512)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 n = 0
@@ -554,7 +554,7 @@ def test_truncating_a_50mb_record_stays_within_a_small_multiple_of_its_size(tmp_
 
 def test_train_local_takes_resume_overwrite_and_force_resume():
     from lmforge.api import FineTune
-    from lmforge.config import validate
+    from lmforge.config.schema import validate
 
     cfg = FineTune(model="tiny-llama").build_config("d.jsonl", "out", overwrite=True, force_resume=True, resume=True)
     assert cfg["overwrite"] is True and cfg["force_resume"] is True
@@ -568,8 +568,8 @@ def test_train_local_takes_resume_overwrite_and_force_resume():
 
 @pytest.mark.parametrize("preset", ["tiny-glm", "tiny-chatglm", "tiny-chatglm2", "tiny-chatglm3", "tiny-glm4"])
 def test_glm_encoder_bounded_tokenization_gives_the_same_features(preset):
-    from lmforge.dataprep import encoder_for_model
-    from lmforge.descriptors import Example, Message
+    from lmforge.data.prepare import encoder_for_model
+    from lmforge.plugins.descriptors import Example, Message
 
     enc = encoder_for_model(preset, max_length=64)
     long_text = " ".join(f"word{i} 苹果 plus" for i in range(4000))
@@ -579,7 +579,7 @@ def test_glm_encoder_bounded_tokenization_gives_the_same_features(preset):
         bounded = enc.encode(ex)
         enc._limit = None
         whole = type(enc).__mro__[0].segments(enc, ex)  # unbounded segments, same truncation
-        from lmforge.encoding import features_from_segments
+        from lmforge.data.encoding import features_from_segments
 
         want = features_from_segments(whole, enc.stats, max_length=enc.max_length, train_on_prompt=enc.train_on_prompt,
                                       source=None)

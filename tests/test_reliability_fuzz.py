@@ -25,11 +25,11 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from lmforge.data import ReadReport, load_examples  # noqa: E402
-from lmforge.descriptors import Example  # noqa: E402
-from lmforge.encoding import bounded_ids  # noqa: E402
+from lmforge.data.readers import ReadReport, load_examples  # noqa: E402
+from lmforge.plugins.descriptors import Example  # noqa: E402
+from lmforge.data.encoding import bounded_ids  # noqa: E402
 from lmforge.errors import DataError  # noqa: E402
-from lmforge.plugins import get_registry  # noqa: E402
+from lmforge.plugins.registry import get_registry  # noqa: E402
 
 EXAMPLES = int(os.environ.get("LMFORGE_FUZZ_EXAMPLES", "60"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
@@ -153,7 +153,7 @@ words = st.lists(st.sampled_from(["alpha", "beta", "12", "苹果", "x", "plus", 
 @FUZZ
 @given(text=words, limit=st.integers(1, 40))
 def test_bounded_tokenization_equals_whole_then_cut(text, limit):
-    from lmforge.dataprep import encoder_for_model
+    from lmforge.data.prepare import encoder_for_model
 
     global _ENC
     try:

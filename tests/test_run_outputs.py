@@ -39,7 +39,7 @@ def scalars(run_dir: str) -> dict[str, list[int]]:
 
 @pytest.mark.parametrize("valid", [True, False], ids=["with-valid", "without-valid"])
 def test_every_tensorboard_event_lands_in_the_run(valid, tmp_path, monkeypatch):
-    from lmforge.training import run_training
+    from lmforge.train.pipeline import run_training
 
     cwd = tmp_path / "cwd"
     cwd.mkdir()
@@ -65,7 +65,7 @@ def test_lora_run_directory_is_relocatable(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import lmforge
-    from lmforge.training import run_training
+    from lmforge.train.pipeline import run_training
 
     first = str(tmp_path / "first")
     run_training(tiny_job(first, valid=False, peft="lora", report_to=[]))
@@ -92,7 +92,7 @@ def test_lora_run_directory_is_relocatable(tmp_path, monkeypatch):
         torch.testing.assert_close(plain(ids).logits, ref, rtol=0, atol=1e-5)
     assert not os.path.exists(os.path.join(moved, "README.md"))  # no peft model card
     # the run's tokenizer renders the training prompt in plain transformers
-    from lmforge.generation import Completion
+    from lmforge.inference.generation import Completion
 
     msgs = [{"role": "user", "content": "What is 3 plus 4?"}]
     got = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)

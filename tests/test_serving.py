@@ -2,7 +2,7 @@
 
 One in-process server (uvicorn in a thread) serves the trained tiny-llama base
 and two LoRA adapters trained on top of it; results are compared with
-:class:`~lmforge.generation.Completion` on the same directories.
+:class:`~lmforge.inference.generation.Completion` on the same directories.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def adapters(trained_tiny_llama, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def live(trained_tiny_llama, adapters):
-    from lmforge.serve import load_server
+    from lmforge.inference.serve import load_server
 
     server = load_server(trained_tiny_llama, adapters=adapters, served_model_name="base", api_key=KEY,
                          max_batch_size=16, max_queue=64, dtype="float32")
@@ -240,7 +240,7 @@ def test_disconnect_mid_stream_frees_the_rows(live, local):
 
 
 def test_full_queue_answers_503(trained_tiny_llama):
-    from lmforge.serve import load_server
+    from lmforge.inference.serve import load_server
 
     server = load_server(trained_tiny_llama, max_batch_size=1, max_queue=1, dtype="float32")
     srv = LiveServer(server)
@@ -324,8 +324,8 @@ def test_serve_command_starts_answers_and_stops_cleanly_on_ctrl_c(tmp_path):
 def test_vllm_backend_says_what_is_missing():
     from click.testing import CliRunner
 
-    from lmforge.cli import build_cli
-    from lmforge.serve import vllm_missing
+    from lmforge.cli.main import build_cli
+    from lmforge.inference.serve import vllm_missing
 
     reason = vllm_missing()
     if reason is None:
@@ -336,7 +336,7 @@ def test_vllm_backend_says_what_is_missing():
 
 
 def test_vllm_command_for_full_and_adapter_runs(trained_tiny_llama, adapters):
-    from lmforge.serve import vllm_command
+    from lmforge.inference.serve import vllm_command
 
     full = vllm_command(trained_tiny_llama, host="0.0.0.0", port=9000, api_key="k", served_model_name="m",
                         adapters=None, max_batch_size=8)

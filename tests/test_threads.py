@@ -1,10 +1,10 @@
-"""The CPU thread policy (lmforge.threads) on faked machines, and its config key and flags."""
+"""The CPU thread policy (lmforge.runtime.threads) on faked machines, and its config key and flags."""
 
 from __future__ import annotations
 
 import pytest
 
-from lmforge import threads
+from lmforge.runtime import threads
 from lmforge.errors import ConfigError
 
 
@@ -85,7 +85,7 @@ def test_apply_sets_torch(monkeypatch):
 
 
 def test_config_key_validated():
-    from lmforge.config import validate
+    from lmforge.config.schema import validate
 
     base = {"model": "tiny-llama", "data": {"train_file": "x.jsonl"}}
     assert validate(base)["threads"] == "auto"
@@ -98,7 +98,7 @@ def test_config_key_validated():
 def test_threads_flag_on_every_command():
     from click.testing import CliRunner
 
-    from lmforge.cli import cli
+    from lmforge.cli.main import cli
 
     runner = CliRunner()
     for cmd in ("train", "generate", "predict", "serve", "chat"):
@@ -109,7 +109,7 @@ def test_threads_flag_on_every_command():
 def test_train_dry_run_takes_the_flag(tmp_path):
     from click.testing import CliRunner
 
-    from lmforge.cli import cli
+    from lmforge.cli.main import cli
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model: tiny-llama\ndata:\n  train_file: x.jsonl\n")

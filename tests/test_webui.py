@@ -29,7 +29,7 @@ FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "-
 
 @pytest.fixture(scope="module")
 def ui_server(trained_tiny_llama):
-    from lmforge.serve import load_server
+    from lmforge.inference.serve import load_server
 
     server = load_server(trained_tiny_llama, served_model_name="tiny", dtype="float32")
     srv = LiveServer(server, ui=True)

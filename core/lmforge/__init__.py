@@ -15,7 +15,7 @@ import pluggy
 __version__ = "0.1.0"
 
 hookimpl = pluggy.HookimplMarker("lmforge")
-"""Decorator marking a plugin function as an implementation of a hook in :mod:`lmforge.hookspecs`."""
+"""Decorator marking a plugin function as an implementation of a hook in :mod:`lmforge.plugins.hookspecs`."""
 
 
 def _quiet_optional_kernel_warning(record: logging.LogRecord) -> bool:
@@ -28,25 +28,25 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_quiet_optional_ker
 
 _LAZY = {
     "FineTune": "lmforge.api:FineTune",
-    "Completion": "lmforge.generation:Completion",
-    "GenerationResult": "lmforge.generation:GenerationResult",
-    "SamplingParams": "lmforge.generation:SamplingParams",
-    "RemoteCompletion": "lmforge.remote:RemoteCompletion",
-    "load": "lmforge.modeling:load",
+    "Completion": "lmforge.inference.generation:Completion",
+    "GenerationResult": "lmforge.inference.generation:GenerationResult",
+    "SamplingParams": "lmforge.inference.generation:SamplingParams",
+    "RemoteCompletion": "lmforge.inference.remote:RemoteCompletion",
+    "load": "lmforge.modeling.loading:load",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import FineTune
-    from .generation import Completion, GenerationResult, SamplingParams
-    from .remote import RemoteCompletion
-    from .modeling import load
+    from lmforge.api import FineTune
+    from lmforge.inference.generation import Completion, GenerationResult, SamplingParams
+    from lmforge.inference.remote import RemoteCompletion
+    from lmforge.modeling.loading import load
 
 
 def __getattr__(name: str) -> Any:
     target = _LAZY.get(name)
     if target is None:
         raise AttributeError(f"module 'lmforge' has no attribute {name!r}")
-    from .descriptors import resolve_ref
+    from lmforge.plugins.descriptors import resolve_ref
 
     value = resolve_ref(target)
     globals()[name] = value

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .training import TrainResult
+from lmforge.train.pipeline import TrainResult
 
 # train_local keyword -> config key path
 _KEYMAP = {
@@ -37,7 +37,7 @@ class FineTune:
     """
 
     def __init__(self, model: str, config: dict | str | None = None, **config_overrides: Any) -> None:
-        from .config import load_yaml
+        from lmforge.config.schema import load_yaml
 
         base = load_yaml(config) if isinstance(config, str) else copy.deepcopy(config or {})
         base["model"] = model
@@ -48,7 +48,7 @@ class FineTune:
     def build_config(self, train_fpath, output_dir: str, validation_fpath=None, peft: str | None = None,
                      peft_options: dict | None = None, **kwargs: Any) -> dict:
         """The config :meth:`train_local` would run, without running it."""
-        from .config import set_key
+        from lmforge.config.schema import set_key
 
         cfg = copy.deepcopy(self.config)
         cfg["output_dir"] = output_dir
@@ -75,7 +75,7 @@ class FineTune:
 
     def train_local(self, train_fpath, output_dir: str, validation_fpath=None, peft: str | None = None,
                     peft_options: dict | None = None, **kwargs: Any) -> TrainResult:
-        """Train in this process; returns a :class:`~lmforge.training.TrainResult`.
+        """Train in this process; returns a :class:`~lmforge.train.pipeline.TrainResult`.
 
         Keyword arguments: ``max_length``, ``dtype``, ``data_format``,
         ``train_on_prompt``, ``use_packed_training=True`` (= ``packing: true``),
@@ -85,6 +85,6 @@ class FineTune:
         and any ``transformers.TrainingArguments`` field (``max_steps``,
         ``learning_rate``, ``per_device_train_batch_size`` ...).
         """
-        from .training import run_training
+        from lmforge.train.pipeline import run_training
 
         return run_training(self.build_config(train_fpath, output_dir, validation_fpath, peft, peft_options, **kwargs))

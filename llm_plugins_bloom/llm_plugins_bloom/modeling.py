@@ -17,7 +17,7 @@ import torch
 from transformers import BloomForCausalLM as _TransformersBloomForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithCrossAttentions
 from transformers.models.bloom.modeling_bloom import build_alibi_tensor
-from lmforge.hfcompat import take_cache, cache_kwarg
+from lmforge.modeling.hfcompat import take_cache, cache_kwarg
 
 
 def alibi_slopes(num_heads: int, device=None) -> torch.Tensor:

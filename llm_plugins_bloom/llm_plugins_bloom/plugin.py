@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from lmforge import hookimpl
-from lmforge.descriptors import ArchSpec, ChatTemplate, ModelFamily, Preset, experimental, supported, unsupported
+from lmforge.plugins.descriptors import ArchSpec, ChatTemplate, ModelFamily, Preset, experimental, supported, unsupported
 
 TINY_VOCAB = 1152  # the shipped tiny tokenizer has 1,116 tokens; rounded up to a multiple of 64
 

@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from lmforge.descriptors import SUPPORTED, UNSUPPORTED
+from lmforge.plugins.descriptors import SUPPORTED, UNSUPPORTED
 from lmforge.errors import CapabilityError
-from lmforge.modeling import LoadOptions, load_model, resolve_model
+from lmforge.modeling.loading import LoadOptions, load_model, resolve_model
 
 pytestmark = pytest.mark.latest  # also run by `make test-latest` (newest transformers/peft)
 
@@ -23,7 +23,7 @@ def tiny():
 
 
 def _family():
-    from lmforge.plugins import get_registry
+    from lmforge.plugins.registry import get_registry
 
     return get_registry().family("bloom")
 
@@ -36,7 +36,7 @@ def test_registration_imports_no_torch():
 
 
 def test_family_claims_bloom_checkpoints():
-    from lmforge.plugins import get_registry
+    from lmforge.plugins.registry import get_registry
 
     reg = get_registry()
     assert reg.family_for_config({"model_type": "bloom", "architectures": ["BloomForCausalLM"]}).name == "bloom"

@@ -24,7 +24,7 @@ from transformers import CpmAntForCausalLM as _TransformersCpmAntForCausalLM
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
-from lmforge.hfcompat import take_cache
+from lmforge.modeling.hfcompat import take_cache
 
 IGNORE_INDEX = -100
 

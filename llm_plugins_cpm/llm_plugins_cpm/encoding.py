@@ -1,6 +1,6 @@
 """Prompt encoders for the CPM families (imported only when a job encodes data).
 
-:class:`TurnEncoder` is lmforge's :class:`~lmforge.encoding.TemplateEncoder` whose
+:class:`TurnEncoder` is lmforge's :class:`~lmforge.data.encoding.TemplateEncoder` whose
 generation prompt is built from exactly the token segments training uses, history
 turns included (each earlier answer closed by EOS, as in training).
 :class:`ChatMLEncoder` adds ChatML's newline after ``<|im_end|>`` (MiniCPM3's EOS)
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from lmforge.descriptors import Example, Message
-from lmforge.encoding import TemplateEncoder
+from lmforge.plugins.descriptors import Example, Message
+from lmforge.data.encoding import TemplateEncoder
 
 
 class TurnEncoder(TemplateEncoder):

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 
-from lmforge.modeling import LoadOptions, ModelSource, hf_load, torch_dtype
+from lmforge.modeling.loading import LoadOptions, ModelSource, hf_load, torch_dtype
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 MINICPM_MODELING = "llm_plugins_cpm.minicpm_modeling"
@@ -24,7 +24,7 @@ MINICPM_MODELING = "llm_plugins_cpm.minicpm_modeling"
 
 def tiny_minicpm_tokenizer():
     """tiny-minicpm: byte-level BPE with MiniCPM's <s>/</s> ids and the <用户>/<AI> chat markers."""
-    from lmforge.tiny_tokenizer import load_tokenizer_file
+    from lmforge.modeling.tiny_tokenizer import load_tokenizer_file
 
     return load_tokenizer_file(os.path.join(DATA, "tiny_minicpm_tokenizer.json"), bos_token="<s>",
                                eos_token="</s>", unk_token="<unk>", extra_special_tokens=["<用户>", "<AI>"])
@@ -32,7 +32,7 @@ def tiny_minicpm_tokenizer():
 
 def tiny_minicpm3_tokenizer():
     """tiny-minicpm3: byte-level BPE whose EOS is ChatML's <|im_end|>, as in MiniCPM3's tokenizer."""
-    from lmforge.tiny_tokenizer import load_tokenizer_file
+    from lmforge.modeling.tiny_tokenizer import load_tokenizer_file
 
     return load_tokenizer_file(os.path.join(DATA, "tiny_minicpm3_tokenizer.json"), bos_token="<s>",
                                eos_token="<|im_end|>", unk_token="<unk>",

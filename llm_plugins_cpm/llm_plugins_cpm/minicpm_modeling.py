@@ -31,7 +31,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRotaryEmbedding
-from lmforge.hfcompat import take_cache, cache_kwarg
+from lmforge.modeling.hfcompat import take_cache, cache_kwarg
 
 ARCHITECTURE = "MiniCPMForCausalLM"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from lmforge import hookimpl
-from lmforge.descriptors import ArchSpec, ChatTemplate, ModelFamily, Preset, experimental, supported, unsupported
+from lmforge.plugins.descriptors import ArchSpec, ChatTemplate, ModelFamily, Preset, experimental, supported, unsupported
 
 _L = "llm_plugins_cpm.loader"
 TINY_BPE_VOCAB = 1152  # the shipped tiny BPE tokenizers have 1,140 tokens; rounded up to a multiple of 64

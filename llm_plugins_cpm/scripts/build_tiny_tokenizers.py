@@ -20,7 +20,7 @@ import json
 import os
 import re
 
-from lmforge.tiny_tokenizer import train_byte_bpe
+from lmforge.modeling.tiny_tokenizer import train_byte_bpe
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))

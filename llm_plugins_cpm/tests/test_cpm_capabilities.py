@@ -18,7 +18,7 @@ FAMILY_PRESET = {"cpmant": "tiny-cpmant", "minicpm": "tiny-minicpm", "minicpm3":
 
 
 def _unsupported():
-    from lmforge.plugins import get_registry
+    from lmforge.plugins.registry import get_registry
 
     reg = get_registry()
     methods = set(reg.names("peft_methods"))
@@ -41,7 +41,7 @@ def test_refused_with_the_family_reason(preset, key, reason, data_files):
 
 def test_minicpm_does_not_scale_caller_given_embeddings():
     """Why prompt tuning / P-tuning are refused: peft passes inputs_embeds, which skip scale_emb (as released)."""
-    from lmforge.modeling import LoadOptions, load_model, resolve_model
+    from lmforge.modeling.loading import LoadOptions, load_model, resolve_model
 
     model, _ = load_model(resolve_model("tiny-minicpm"), LoadOptions())
     model.eval()

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from lmforge.descriptors import Example, Message
-from lmforge.encoding import IGNORE_INDEX, make_encoder
-from lmforge.modeling import LoadOptions, load_model, resolve_model
+from lmforge.plugins.descriptors import Example, Message
+from lmforge.data.encoding import IGNORE_INDEX, make_encoder
+from lmforge.modeling.loading import LoadOptions, load_model, resolve_model
 
 ONE_TURN = (Message("user", "What is 1 plus 1?"), Message("assistant", "2"))
 TWO_TURNS = ONE_TURN + (Message("user", "And 2 plus 2?"), Message("assistant", "4"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lmforge.errors import CapabilityError
-from lmforge.modeling import LoadOptions, load_model, resolve_model
+from lmforge.modeling.loading import LoadOptions, load_model, resolve_model
 
 pytestmark = pytest.mark.latest  # also run by `make test-latest` (newest transformers/peft)
 
@@ -18,7 +18,7 @@ def tiny():
 
 
 def _registry():
-    from lmforge.plugins import get_registry
+    from lmforge.plugins.registry import get_registry
 
     return get_registry()
 

@@ -11,14 +11,14 @@ import sys
 import pytest
 import torch
 
-from lmforge.descriptors import SUPPORTED
-from lmforge.modeling import LoadOptions, load_model, resolve_model, save_model
+from lmforge.plugins.descriptors import SUPPORTED
+from lmforge.modeling.loading import LoadOptions, load_model, resolve_model, save_model
 
 pytestmark = pytest.mark.latest  # also run by `make test-latest` (newest transformers/peft)
 
 
 def _registry():
-    from lmforge.plugins import get_registry
+    from lmforge.plugins.registry import get_registry
 
     return get_registry()
 

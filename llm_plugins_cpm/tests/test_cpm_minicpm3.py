@@ -13,7 +13,7 @@ from lmforge.errors import CapabilityError
 
 
 def _registry():
-    from lmforge.plugins import get_registry
+    from lmforge.plugins.registry import get_registry
 
     return get_registry()
 
@@ -29,7 +29,7 @@ def test_prefix_is_refused_with_the_reason(data_files, helpers):
 def test_prefix_really_breaks_on_mla():
     from peft import PrefixTuningConfig, get_peft_model
 
-    from lmforge.modeling import LoadOptions, load_model, resolve_model
+    from lmforge.modeling.loading import LoadOptions, load_model, resolve_model
 
     model, _ = load_model(resolve_model("tiny-minicpm3"), LoadOptions())
     prefixed = get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
@@ -40,7 +40,7 @@ def test_prefix_really_breaks_on_mla():
 def test_released_checkpoint_with_custom_tokenizer_code_loads_without_it(tmp_path, sp_tokenizer_dir):
     """Released MiniCPM3 names its own config, model and tokenizer classes in auto_map; none are run."""
     import lmforge
-    from lmforge.modeling import LoadOptions, load_model, resolve_model
+    from lmforge.modeling.loading import LoadOptions, load_model, resolve_model
 
     model, _ = load_model(resolve_model("tiny-minicpm3"), LoadOptions())
     path = str(tmp_path / "released")

@@ -1,7 +1,7 @@
 """How a GLM-family example becomes ``input_ids``, ``labels``, ``position_ids`` and masks.
 
 One class, :class:`GLMEncoder`, with the interface of
-:class:`lmforge.encoding.TemplateEncoder`, follows each variant's released
+:class:`lmforge.data.encoding.TemplateEncoder`, follows each variant's released
 prompt code (token for token, including where the released code encodes pieces
 separately):
 
@@ -36,8 +36,8 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from lmforge.descriptors import Example, Message
-from lmforge.encoding import IGNORE_INDEX, EncodeStats, bounded_ids, encode_bounded
+from lmforge.plugins.descriptors import Example, Message
+from lmforge.data.encoding import IGNORE_INDEX, EncodeStats, bounded_ids, encode_bounded
 
 VARIANTS = ("glm", "chatglm", "chatglm2", "chatglm3", "glm4")
 ROLE_VARIANTS = ("chatglm3", "glm4")
@@ -109,7 +109,7 @@ class GLMEncoder:
     def _ids(self, text: str) -> list[int]:
         if not text:
             return []
-        # a huge record is tokenized by prefixes, so memory stays bounded (lmforge.encoding.bounded_ids)
+        # a huge record is tokenized by prefixes, so memory stays bounded (lmforge.data.encoding.bounded_ids)
         return bounded_ids(lambda t: self.tokenizer.encode(t, add_special_tokens=False), text, self._limit)
 
     @staticmethod

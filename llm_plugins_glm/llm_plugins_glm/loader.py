@@ -21,7 +21,7 @@ import shutil
 import warnings
 
 from lmforge.errors import LmforgeError
-from lmforge.modeling import LoadOptions, ModelSource, torch_dtype
+from lmforge.modeling.loading import LoadOptions, ModelSource, torch_dtype
 
 from .configuration import DERIVED_KEYS
 from .plugin import detect_variant
@@ -167,7 +167,7 @@ def load(source: ModelSource, options: LoadOptions):
     else:
         import torch
 
-        from lmforge.descriptors import resolve_ref
+        from lmforge.plugins.descriptors import resolve_ref
 
         preset = source.preset
         if preset.tokenizer is None:
@@ -189,7 +189,7 @@ def load(source: ModelSource, options: LoadOptions):
 
 def _load_native(source: ModelSource, options: LoadOptions, variant: str):
     """GLM-4 in transformers' layout: transformers' own classes; tokenizer.json, or the tiktoken file."""
-    from lmforge.modeling import hf_load
+    from lmforge.modeling.loading import hf_load
 
     mt = source.config.get("model_type")
     model_class = "transformers:Glm4ForCausalLM" if mt == "glm4" else "transformers:GlmForCausalLM"

@@ -39,7 +39,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .configuration import ChatGLMConfig
 from .modeling_common import (GLMGenerationMixin, allowed_attention, as_cache, attach_cache, block_layout,
                               cache_length, causal_lm_loss, split_padding_mask)
-from lmforge.hfcompat import take_cache
+from lmforge.modeling.hfcompat import take_cache
 
 RELEASED_NUM_LAYERS_FOR_ALPHA = 28
 

@@ -33,7 +33,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .configuration import ChatGLM2Config
 from .modeling_common import (GLMGenerationMixin, allowed_attention, as_cache, attach_cache, cache_length,
                               causal_lm_loss, causal_positions, split_padding_mask)
-from lmforge.hfcompat import take_cache
+from lmforge.modeling.hfcompat import take_cache
 
 
 class RMSNorm(nn.Module):

@@ -197,7 +197,7 @@ class GLMGenerationMixin:
     def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, past_key_values=None,
                                       attention_mask=None, inputs_embeds=None, position_ids=None,
                                       use_cache=None, **kwargs):
-        from lmforge.hfcompat import cache_kwarg, take_cache
+        from lmforge.modeling.hfcompat import cache_kwarg, take_cache
 
         kwargs.pop("is_first_iteration", None)
         kwargs.pop("cache_position", None)

@@ -42,7 +42,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .configuration import GLMConfig
 from .modeling_common import (GLMGenerationMixin, allowed_attention, as_cache, attach_cache, block_layout,
                               cache_length, causal_lm_loss, split_padding_mask)
-from lmforge.hfcompat import take_cache
+from lmforge.modeling.hfcompat import take_cache
 
 LAYERNORM_EPS = 1e-5
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from lmforge import hookimpl
-from lmforge.descriptors import (ArchSpec, ChatTemplate, ModelFamily, Preset, experimental, supported,
+from lmforge.plugins.descriptors import (ArchSpec, ChatTemplate, ModelFamily, Preset, experimental, supported,
                                  unsupported)
 
 GLM_V1_ARCHITECTURES = ("GLMModel", "GLMForConditionalGeneration", "GLMForMultipleChoice",

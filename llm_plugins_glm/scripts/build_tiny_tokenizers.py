@@ -92,7 +92,7 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 def build_tiktoken(texts: list[str], out_path: str, vocab_size: int = 1000) -> None:
-    from lmforge.tiny_tokenizer import train_byte_bpe
+    from lmforge.modeling.tiny_tokenizer import train_byte_bpe
 
     from llm_plugins_glm.tokenization import write_tiktoken_ranks
 

@@ -10,14 +10,14 @@ PROMPTS = ["What is 2 plus 3?", "小明有5个苹果，又买了3个。现在有
 def load_preset(variant: str):
     """``(model, tokenizer, family)`` of a tiny preset through lmforge's resolution and the family loader."""
     import lmforge
-    from lmforge.modeling import resolve_model
+    from lmforge.modeling.loading import resolve_model
 
     model, tok = lmforge.load(PRESET[variant])
     return model, tok, resolve_model(PRESET[variant]).family
 
 
 def encoder_for(tokenizer, family, **kw):
-    from lmforge.encoding import make_encoder
+    from lmforge.data.encoding import make_encoder
 
     return make_encoder(tokenizer, family, max_length=kw.pop("max_length", 256), **kw)
 

@@ -13,7 +13,7 @@ from glm_testing import PRESET, load_preset
 
 
 def saved_checkpoint(tmp_path, variant):
-    from lmforge.modeling import save_model
+    from lmforge.modeling.loading import save_model
 
     model, tok, fam = load_preset(variant)
     path = str(tmp_path / f"{variant}-ckpt")
@@ -29,7 +29,7 @@ def probe():
 def test_export_loads_in_plain_transformers_with_the_same_logits(tmp_path, variant):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from lmforge.cli import build_cli
+    from lmforge.cli.main import build_cli
 
     ckpt, model = saved_checkpoint(tmp_path, variant)
     out = str(tmp_path / "export")
@@ -50,7 +50,7 @@ def test_lora_run_is_merged_then_exported(tmp_path):
 
     import lmforge
     from lmforge.api import FineTune
-    from lmforge.export import export_run
+    from lmforge.modeling.export import export_run
 
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"input": f"q{i}", "output": f"a{i}"}) + "\n" for i in range(8)))
@@ -67,7 +67,7 @@ def test_lora_run_is_merged_then_exported(tmp_path):
 
 @pytest.mark.parametrize("variant", ["glm", "chatglm"])
 def test_variants_transformers_lacks_are_refused_with_what_loads_them(tmp_path, variant):
-    from lmforge.cli import build_cli
+    from lmforge.cli.main import build_cli
 
     ckpt, _ = saved_checkpoint(tmp_path, variant)
     res = CliRunner().invoke(build_cli(), ["export", ckpt, "-o", str(tmp_path / "export")])

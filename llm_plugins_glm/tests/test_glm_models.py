@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import lmforge
 from glm_testing import PROMPTS, encoder_for, generate_ids, load_preset
-from lmforge.modeling import resolve_model
+from lmforge.modeling.loading import resolve_model
 from llm_plugins_glm.convert import native_glm_config, to_native_state_dict
 from llm_plugins_glm.loader import DATA
 from llm_plugins_glm.plugin import detect_variant
@@ -182,7 +182,7 @@ def test_released_bin_shards_load_and_save_back_as_the_released_layout(tmp_path)
     written = write_original_checkpoint(src, "chatglm3", fmt="bin", seed=2)
     model, tok = lmforge.load(str(src))
     fam = resolve_model(str(src)).family
-    from lmforge.modeling import save_model
+    from lmforge.modeling.loading import save_model
 
     save_model(model, tok, fam, str(out))
     files = set(os.listdir(out))
@@ -372,7 +372,7 @@ def test_peft_prefix_is_read_from_the_cache_and_survives_gradient_checkpointing(
     with torch.no_grad():
         for p in pm.prompt_encoder.parameters():
             p.normal_(0, 1.0)
-    from lmforge.descriptors import Example, Message
+    from lmforge.plugins.descriptors import Example, Message
 
     feats = [enc.encode(Example(messages=(Message("user", q), Message("assistant", "42")))) for q in PROMPTS[:2]]
     batch = enc.collate(feats)

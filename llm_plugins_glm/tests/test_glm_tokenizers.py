@@ -9,8 +9,8 @@ import os
 import pytest
 
 from glm_testing import VARIANTS, encoder_for, load_preset
-from lmforge.descriptors import Example, Message
-from lmforge.encoding import IGNORE_INDEX
+from lmforge.plugins.descriptors import Example, Message
+from lmforge.data.encoding import IGNORE_INDEX
 
 TEXT = "你好，Hello  world!\n\tGLM-4 说：3 + 4 = 7。   emoji 😀 ünïcode"
 

@@ -24,7 +24,7 @@ CASES = [(v, m) for v in VARIANTS for m in METHODS]
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data_file):
     """Trains each (variant, method) once, on first use; records the in-memory model's probe logits at save time."""
-    import lmforge.training as training
+    import lmforge.train.pipeline as training
 
     done: dict = {}
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 
-from lmforge.modeling import LoadOptions, ModelSource, hf_load
+from lmforge.modeling.loading import LoadOptions, ModelSource, hf_load
 
 TOKENIZER_FILE = os.path.join(os.path.dirname(__file__), "data", "tiny_tokenizer.json")
 
 
 def tiny_tokenizer():
     """The tiny-llama tokenizer: byte-level BPE shipped with this package (no hub access)."""
-    from lmforge.tiny_tokenizer import load_tokenizer_file
+    from lmforge.modeling.tiny_tokenizer import load_tokenizer_file
 
     return load_tokenizer_file(TOKENIZER_FILE, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
 

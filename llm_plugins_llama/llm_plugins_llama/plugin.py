@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from lmforge import hookimpl
-from lmforge.descriptors import ArchSpec, ChatTemplate, ModelFamily, Preset, supported
+from lmforge.plugins.descriptors import ArchSpec, ChatTemplate, ModelFamily, Preset, supported
 
 
 def arch_from_config(cfg: Mapping[str, Any]) -> ArchSpec:

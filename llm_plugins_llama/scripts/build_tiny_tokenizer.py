@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 
-from lmforge.tiny_tokenizer import train_byte_bpe
+from lmforge.modeling.tiny_tokenizer import train_byte_bpe
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))

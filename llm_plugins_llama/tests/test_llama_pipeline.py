@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lmforge import Completion, FineTune
-from lmforge.config import load_yaml
+from lmforge.config.schema import load_yaml
 
 pytestmark = pytest.mark.latest  # also run by `make test-latest` (newest transformers/peft)
 
@@ -126,9 +126,9 @@ def test_generate_from_run_dir(which, request):
 
 
 def test_prompt_is_masked_and_eos_appended():
-    from lmforge.descriptors import Example, Message
-    from lmforge.encoding import IGNORE_INDEX, make_encoder
-    from lmforge.plugins import get_registry
+    from lmforge.plugins.descriptors import Example, Message
+    from lmforge.data.encoding import IGNORE_INDEX, make_encoder
+    from lmforge.plugins.registry import get_registry
     from llm_plugins_llama.loader import tiny_tokenizer
 
     tok = tiny_tokenizer()
@@ -195,9 +195,9 @@ def test_lmforge_yaml_reproduces_the_run(full_run, tmp_path):
 
 
 def test_multi_turn_prompt_equals_training_prefix():
-    from lmforge.descriptors import Example, Message
-    from lmforge.encoding import make_encoder
-    from lmforge.plugins import get_registry
+    from lmforge.plugins.descriptors import Example, Message
+    from lmforge.data.encoding import make_encoder
+    from lmforge.plugins.registry import get_registry
     from llm_plugins_llama.loader import tiny_tokenizer
 
     tok = tiny_tokenizer()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from lmforge import hookimpl
-from lmforge.descriptors import ArchSpec, ChatTemplate, ModelFamily, unsupported
+from lmforge.plugins.descriptors import ArchSpec, ChatTemplate, ModelFamily, unsupported
 
 
 def _first(cfg: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
@@ -51,7 +51,7 @@ def arch_from_config(cfg: Mapping[str, Any]) -> ArchSpec:
 CAUSAL_LM = ModelFamily(
     name="causal-lm",
     description="any causal LM transformers loads natively (fallback when no dedicated family plugin claims it)",
-    loader="lmforge.modeling:hf_load",
+    loader="lmforge.modeling.loading:hf_load",
     arch_from_config=arch_from_config,
     match=lambda cfg: True,
     priority=-100,

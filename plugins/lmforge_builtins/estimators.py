@@ -1,7 +1,7 @@
 """Registers the built-in ``analytic`` memory estimator and the ``lmforge estimate`` command.
 
 Pure Python: neither registration nor the command imports torch (the estimator
-is arithmetic on the family's :class:`~lmforge.descriptors.ArchSpec`).
+is arithmetic on the family's :class:`~lmforge.plugins.descriptors.ArchSpec`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from lmforge import hookimpl
-from lmforge.descriptors import MemoryEstimator
+from lmforge.plugins.descriptors import MemoryEstimator
 
 ANALYTIC = MemoryEstimator(
     name="analytic",
@@ -37,7 +37,7 @@ def parse_peft_options(pairs: tuple[str, ...] | list[str], method: str, registry
     registered (types, choices, unknown names); otherwise numbers, booleans and
     comma-separated lists are recognised. Raises :class:`~lmforge.errors.ConfigError`.
     """
-    from lmforge.descriptors import validate_options
+    from lmforge.plugins.descriptors import validate_options
     from lmforge.errors import ConfigError, PluginError
 
     raw: dict[str, Any] = {}
@@ -92,8 +92,8 @@ def _guess(value: str) -> Any:
 
 
 def build_job(arch_family, **kw) -> Any:
-    """An :class:`~lmforge.memory.EstimateJob` from CLI-style keyword arguments."""
-    from lmforge.memory import EstimateJob
+    """An :class:`~lmforge.modeling.memory.EstimateJob` from CLI-style keyword arguments."""
+    from lmforge.modeling.memory import EstimateJob
 
     return EstimateJob(default_lora_targets=tuple(arch_family.default_lora_targets), **kw)
 
@@ -161,9 +161,9 @@ def run_estimate(*, model: str, family: str | None = None, peft: str = "full", p
                  overhead: str | None = None, device: str = "cuda", padding: bool = True,
                  estimator_name: str | None = None, registry=None) -> dict:
     """What ``lmforge estimate`` prints, as ``{"json": {...}, "text": str}``."""
-    from lmforge.memory import DEFAULT_MARGIN, format_size, get_estimator, max_micro_batch, parse_size
-    from lmforge.modeling import resolve_model
-    from lmforge.plugins import get_registry
+    from lmforge.modeling.memory import DEFAULT_MARGIN, format_size, get_estimator, max_micro_batch, parse_size
+    from lmforge.modeling.loading import resolve_model
+    from lmforge.plugins.registry import get_registry
 
     reg = registry or get_registry()
     source = resolve_model(model, family=family, registry=reg)

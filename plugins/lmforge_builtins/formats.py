@@ -1,8 +1,8 @@
 """Built-in data formats, and the ``lmforge data`` commands.
 
 Each format is a pure-Python ``detect`` and ``convert``; ``convert`` raises
-:class:`~lmforge.descriptors.RecordError` naming the field and the problem, and
-the reader (:mod:`lmforge.data`) adds file and line. Detection asks formats in
+:class:`~lmforge.plugins.descriptors.RecordError` naming the field and the problem, and
+the reader (:mod:`lmforge.data.readers`) adds file and line. Detection asks formats in
 descending ``priority``, so the more specific shapes come first.
 
 | format | record | becomes |
@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from lmforge import hookimpl
-from lmforge.descriptors import DataFormat, Example, Message, RecordError
+from lmforge.plugins.descriptors import DataFormat, Example, Message, RecordError
 
 
 def require_dict(record: Any) -> dict:
@@ -340,14 +340,3 @@ BUILTIN_FORMATS = (PACKED, ALPACA, MESSAGES, SRC_TGT, INSTRUCTION, TITLE_CONTENT
 def register_data_formats(register):
     for fmt in BUILTIN_FORMATS:
         register(fmt)
-
-
-@hookimpl
-def register_commands(cli):
-    # the group object lives in lmforge.datacli so other plugins can attach subcommands
-    # (``data_group.add_command(...)``) whatever order the hooks run in
-    from lmforge.datacli import data_group
-    from lmforge.packing import pack_command
-
-    data_group.add_command(pack_command)  # `lmforge data pack` (offline packing, docs/packing.md)
-    cli.add_command(data_group)

@@ -10,7 +10,7 @@ import os
 import sys
 
 from lmforge import hookimpl
-from lmforge.descriptors import LaunchSpec, Launcher, Option
+from lmforge.plugins.descriptors import LaunchSpec, Launcher, Option
 from lmforge.errors import ConfigError
 
 LOCAL = Launcher(
@@ -41,7 +41,7 @@ def torchrun_command(spec: LaunchSpec) -> list[str]:
                  f"--master_port={spec.master_port}"]
     else:
         argv += ["--standalone"]
-    # torchrun runs a script or a module: the worker is `-m lmforge.worker CONFIG`
+    # torchrun runs a script or a module: the worker is `-m lmforge.train.worker CONFIG`
     worker = list(spec.worker_argv)
     if worker[:2] == [sys.executable, "-m"]:
         argv += ["-m", *worker[2:]]

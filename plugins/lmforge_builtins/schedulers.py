@@ -19,7 +19,7 @@ import sys
 
 import click
 
-from lmforge.descriptors import LaunchSpec, Launcher, Option
+from lmforge.plugins.descriptors import LaunchSpec, Launcher, Option
 from lmforge.errors import ConfigError, LmforgeError
 
 SLURM_SCRIPT = "slurm.sbatch"
@@ -34,7 +34,7 @@ def _torchrun(nproc: str, nnodes: str, node_rank: str, master_addr: str, master_
         parts.append("--standalone")
     else:
         parts += [f"--node_rank={node_rank}", f"--master_addr={master_addr}", f"--master_port={master_port}"]
-    return " ".join(parts + ["-m", "lmforge.worker", shlex.quote(config)])
+    return " ".join(parts + ["-m", "lmforge.train.worker", shlex.quote(config)])
 
 
 # ---------------------------------------------------------------- Slurm

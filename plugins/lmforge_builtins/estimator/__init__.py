@@ -5,7 +5,7 @@
 - :mod:`.graph` and :mod:`.decoder`: a symbolic replay of the forward pass that
   records which tensors autograd saves (activations, by storage, as PyTorch does);
 - :mod:`.zero`: DeepSpeed ZeRO partitioning arithmetic (stages 0-3, offload);
-- :mod:`.analytic`: puts them together into a :class:`lmforge.memory.MemoryBreakdown`
+- :mod:`.analytic`: puts them together into a :class:`lmforge.modeling.memory.MemoryBreakdown`
   and models the step's peak;
 - :mod:`.measure`: torch-side measurements used by the tests and the benchmark
   (never imported by the estimator itself).

@@ -18,7 +18,7 @@ from __future__ import annotations
 from math import ceil
 
 from lmforge.errors import ConfigError
-from lmforge.memory import EstimateJob, MemoryBreakdown, format_size
+from lmforge.modeling.memory import EstimateJob, MemoryBreakdown, format_size
 
 from .decoder import trace_forward
 from .profiles import approximation, with_profile

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from lmforge.descriptors import resolve_ref
+from lmforge.plugins.descriptors import resolve_ref
 
 from .graph import Graph, Sym, W
 from .params import BYTES, LORA_LIKE, VIRTUAL_TOKENS, ParamTable, layer_linears, resolve_targets

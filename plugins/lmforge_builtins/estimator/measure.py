@@ -50,7 +50,7 @@ def build_family_model(family, preset, *, dtype: str = "fp32", attn: str = "sdpa
 
     import torch
 
-    from lmforge.modeling import LoadOptions, ModelSource, resolve_ref
+    from lmforge.modeling.loading import LoadOptions, ModelSource, resolve_ref
 
     tok = preset.tokenizer or next((p.tokenizer for p in family.presets if p.tiny and p.tokenizer), None)
     surrogate = dataclasses.replace(preset, tiny=True, tokenizer=tok)
@@ -185,8 +185,8 @@ def apply_peft(model, method: str, options: dict, default_lora_targets=(), famil
     """
     if family is not None:
         try:
-            from lmforge.descriptors import PeftContext, resolve_ref, validate_options
-            from lmforge.plugins import get_registry
+            from lmforge.plugins.descriptors import PeftContext, resolve_ref, validate_options
+            from lmforge.plugins.registry import get_registry
 
             desc = get_registry().peft_method(method)
         except Exception:  # noqa: BLE001 - no registry: fall back to the reference wrappers

@@ -2,7 +2,7 @@
 
 The table mirrors what transformers and peft build (names, shapes, dtypes,
 which tensors train), so counts and bytes are exact for the families whose
-:class:`~lmforge.descriptors.ArchSpec` describes them faithfully. Families
+:class:`~lmforge.plugins.descriptors.ArchSpec` describes them faithfully. Families
 influence the layout through ``ArchSpec.extra``:
 
 ``linear_shapes``

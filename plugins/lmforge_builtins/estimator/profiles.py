@@ -1,6 +1,6 @@
 """How a model type's forward pass differs from transformers' LLaMA, for the estimator.
 
-A family describes its architecture numbers in :class:`~lmforge.descriptors.ArchSpec`;
+A family describes its architecture numbers in :class:`~lmforge.plugins.descriptors.ArchSpec`;
 the few implementation details that change what autograd saves are filled in
 here by ``model_type`` (the family's own ``ArchSpec.extra`` always wins):
 

@@ -21,7 +21,7 @@ referenced by a ``"module:attr"`` string, so registering costs no torch import.
 from __future__ import annotations
 
 from lmforge import hookimpl
-from lmforge.descriptors import Option, PeftMethod
+from lmforge.plugins.descriptors import Option, PeftMethod
 
 _P = "lmforge_builtins.peft"
 
@@ -264,7 +264,7 @@ def register_peft_methods(register):
 def register_commands(cli):
     import click
 
-    from lmforge.cli import user_errors
+    from lmforge.errors import user_errors
 
     @cli.command("merge")
     @click.argument("run_dir", type=click.Path(file_okay=False))

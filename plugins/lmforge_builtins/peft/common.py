@@ -31,7 +31,7 @@ def load_peft_adapter(base_model, run_dir: str, options: dict):
     """Rebuild a trained peft model from ``run_dir`` (``adapter_config.json`` + safetensors)."""
     from peft import PeftModel
 
-    from lmforge.hfcompat import peft_prompt_learning_compat
+    from lmforge.modeling.hfcompat import peft_prompt_learning_compat
 
     return peft_prompt_learning_compat(PeftModel.from_pretrained(base_model, run_dir, is_trainable=False))
 
@@ -112,7 +112,7 @@ def load_trained_tensors(model, run_dir: str, method: str) -> None:
 
 
 def options_of(ctx) -> dict:
-    """The validated method options from a :class:`~lmforge.descriptors.PeftContext`."""
+    """The validated method options from a :class:`~lmforge.plugins.descriptors.PeftContext`."""
     return {k: v for k, v in (ctx.config.get("peft") or {}).items() if k != "method"}
 
 

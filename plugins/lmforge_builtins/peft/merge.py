@@ -16,9 +16,9 @@ def merge_run(run_dir: str, output_dir: str, dtype: str = "fp32", registry=None)
     fine-tune (already a plain checkpoint) or a method that cannot merge.
     Returns ``output_dir``.
     """
-    from lmforge.descriptors import resolve_ref
-    from lmforge.modeling import family_of_run, load, read_run_config, save_model, torch_dtype
-    from lmforge.plugins import get_registry
+    from lmforge.plugins.descriptors import resolve_ref
+    from lmforge.modeling.loading import family_of_run, load, read_run_config, save_model, torch_dtype
+    from lmforge.plugins.registry import get_registry
 
     reg = registry or get_registry()
     if is_sharded_checkpoint(run_dir):
@@ -77,7 +77,7 @@ def consolidate_checkpoint(ckpt: str, output_dir: str, dtype: str = "fp32") -> s
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from lmforge.modeling import torch_dtype
+    from lmforge.modeling.loading import torch_dtype
 
     if os.path.abspath(output_dir) == os.path.abspath(ckpt):
         raise LmforgeError("merge: the output directory must differ from the checkpoint")

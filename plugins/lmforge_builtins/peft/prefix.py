@@ -12,7 +12,7 @@ refuses a model whose ``forward`` takes no KV cache (``past_key_values``, or
 from __future__ import annotations
 
 from lmforge.errors import CapabilityError
-from lmforge.hfcompat import forward_takes_cache
+from lmforge.modeling.hfcompat import forward_takes_cache
 
 from .prompt import check_virtual_tokens
 from .ptuning import prompt_encoder_state_callback

@@ -59,7 +59,7 @@ def generate_rows_unpadded(model):
     generate something else than the same prompt alone. Rows are generated one
     at a time and re-assembled into the usual ``[padding, prompt, new tokens,
     pad...]`` layout. Returns ``model``; ``model.lmforge_generate_unpadded`` tells
-    :class:`~lmforge.generation.Completion` to batch only prompts of equal length.
+    :class:`~lmforge.inference.generation.Completion` to batch only prompts of equal length.
     """
     import torch
 

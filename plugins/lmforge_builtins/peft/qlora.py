@@ -25,7 +25,7 @@ def bnb_config(options: dict):
     import torch
     from transformers import BitsAndBytesConfig
 
-    from lmforge.modeling import torch_dtype
+    from lmforge.modeling.loading import torch_dtype
 
     compute = torch_dtype(options["compute_dtype"])
     return BitsAndBytesConfig(
