@@ -252,7 +252,7 @@ class Registry:
         record.hooks = sorted(hc.name for hc in self.pm.get_hookcallers(obj) or () if hc.has_spec())
         try:
             for kind, hook_name in REGISTRATION_HOOKS.items():
-                self._hook_of(obj, hook_name)(register=self._make_register(kind, record))
+                self._call_hook(obj, hook_name, register=self._make_register(kind, record))
         except Exception as exc:  # noqa: BLE001
             self._drop_claims(record)
             record.registered = {}
@@ -262,10 +262,12 @@ class Registry:
                 raise
             self._fail(record, exc, "registration failed")
 
-    def _hook_of(self, obj: Any, hook_name: str) -> Any:
-        """pluggy's caller of ``hook_name`` restricted to ``obj``'s implementation (none: calls nothing)."""
+    def _call_hook(self, obj: Any, hook_name: str, **kwargs: Any) -> None:
+        """Call ``pm.hook.<hook_name>`` on ``obj``'s implementation alone (``pm.subset_hook_caller``), if it has one."""
         others = [p for p in self.pm.get_plugins() if p is not obj]
-        return self.pm.subset_hook_caller(hook_name, remove_plugins=others)
+        caller = self.pm.subset_hook_caller(hook_name, remove_plugins=others)
+        if any(impl.plugin is obj for impl in caller.get_hookimpls()):
+            caller(**kwargs)
 
     # ---------------------------------------------------------------- validation
     def _impls(self, obj: Any) -> list[tuple[str, str, Any]]:
@@ -316,7 +318,7 @@ class Registry:
             what = []
             if extra:
                 what.append("takes " + ", ".join(f"{n!r}{did_you_mean(n, spec.argnames)}" for n in extra))
-            if missing:
+            if missing and not extra:  # with an extra one, its did-you-mean already names the missing one
                 what.append("lacks " + ", ".join(repr(n) for n in missing))
             problems.append(f"@hookimpl {attr}({', '.join(names)}) {' and '.join(what)}: the hookspec is "
                             f"{hook_name}({', '.join(spec.argnames)})")
@@ -527,7 +529,7 @@ class Registry:
                 continue
             obj = self.pm.get_plugin(record.plugin_name)
             try:
-                self._hook_of(obj, "register_commands")(cli=cli)
+                self._call_hook(obj, "register_commands", cli=cli)
             except Exception as exc:  # noqa: BLE001
                 self._fail(record, exc, "register_commands failed")
 
