@@ -531,3 +531,14 @@ def test_cli_plugins_shows_a_misspelt_hook_and_honours_the_allowlist(tmp_path):
     assert "lmforge-typo 0.1  [broken]" in res.stdout
     assert "did you mean 'register_model_families'" in res.stdout
     assert "llm-plugins-llama 0.1.0  [disabled]" in res.stdout
+
+
+def test_docs_list_every_capability_key_with_its_meaning():
+    from lmforge.plugins.capabilities import CapabilityKey
+
+    text = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "hooks.md"),
+                encoding="utf-8").read()
+    for key in CapabilityKey:
+        assert f"| `{key}` | {key.meaning} | {'yes' if key.enforced else 'no'}" in text, key
+    for var in ("LMFORGE_PLUGINS", "LMFORGE_DISABLE_PLUGINS", "LMFORGE_STRICT_PLUGINS", "LMFORGE_SLOW_PLUGIN_SECONDS"):
+        assert f"| `{var}=" in text, var

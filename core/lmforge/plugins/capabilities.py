@@ -73,7 +73,9 @@ class CapabilityKey(enum.StrEnum):
         obj = str.__new__(cls, value)
         obj._value_ = value
         obj.meaning = meaning
-        obj.enforced = enforced  # checked before weights load (lmforge.train.job.check_capabilities)
+        # refused before weights load when unsupported (lmforge.train.job.check_capabilities); False: only
+        # shown by `lmforge models`
+        obj.enforced = enforced
         return obj
 
     # PEFT methods: the key of each built-in method (``PeftMethod.capability_key``)
@@ -88,14 +90,13 @@ class CapabilityKey(enum.StrEnum):
     PROMPT = "prompt", "prompt tuning: trained virtual tokens enter as inputs_embeds"
     PTUNING = "ptuning", "P-tuning: virtual tokens from a prompt encoder enter as inputs_embeds"
     BITFIT = "bitfit", "BitFit: only the biases train"
-    UNIPELT = "unipelt", "UniPELT: gated LoRA + prefix + bottleneck adapter"
+    UNIPELT = "unipelt", "UniPELT: gated LoRA + prefix + adapter"
     # features of the job
     PACKING = "packing", "packing: several examples per row with no attention across them (docs/packing.md)"
     GRADIENT_CHECKPOINTING = ("gradient_checkpointing",
                               "gradient_checkpointing: activations are recomputed in the backward pass")
     FLASH_ATTENTION = "flash_attention", "attn_implementation: flash_attention_2"
-    LONG_CONTEXT = ("long_context", "sequences beyond the pretraining length (position scaling); shown by "
-                    "`lmforge models`, not checked by core", False)
+    LONG_CONTEXT = "long_context", "sequences beyond the pretraining length (position scaling)", False
 
 
 KEYS: tuple[str, ...] = tuple(k.value for k in CapabilityKey)

@@ -2,7 +2,7 @@
 
 Plugins are found through the ``lmforge`` entry-point group (built-ins too) and
 loaded one at a time: each is imported, registered with the pluggy
-``PluginManager`` (``self.pm``), validated, and its registration hooks are called
+``PluginManager`` (``Registry.pm``), validated, and its registration hooks are called
 through pluggy, one plugin at a time (``pm.subset_hook_caller`` with every other
 plugin left out), so that each descriptor is attributed to the distribution that
 registered it and an exception rolls back that plugin alone. Validation, per
