@@ -183,16 +183,17 @@ class Registry:
         if entry_points is None:
             entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
         seen: set[tuple[str, str, str]] = set()
-        for ep in sorted(entry_points, key=lambda e: (_dist_name(e) != "lmforge", e.name)):
-            key = (_dist_name(ep), ep.name, ep.value)
+        named = [(_dist_name(ep), ep) for ep in entry_points]  # reading a dist's metadata parses its METADATA file
+        for dist, ep in sorted(named, key=lambda de: (de[0] != "lmforge", de[1].name)):
+            key = (dist, ep.name, ep.value)
             if key in seen:  # the same distribution visible twice on sys.path
                 continue
             seen.add(key)
-            self._load_one(ep)
+            self._load_one(ep, dist)
         self.adopt_registered()
 
-    def _load_one(self, ep: metadata.EntryPoint) -> None:
-        dist = _dist_name(ep)
+    def _load_one(self, ep: metadata.EntryPoint, dist: str | None = None) -> None:
+        dist = dist or _dist_name(ep)
         version = _dist_version(ep)
         record = PluginRecord(entry_point=ep.name, module=ep.value, distribution=dist, version=version)
         self.records.append(record)
@@ -219,7 +220,7 @@ class Registry:
             self.pm.register(obj, name=record.plugin_name)
         except pluggy.PluginValidationError as exc:  # an argument the hookspec does not have
             self._fail(record, exc, "hook validation failed",
-                       "; ".join(self._signature_problems(obj)) or " ".join(str(exc).split()))
+                       "; ".join(self._signature_problems(self._impls(obj))) or " ".join(str(exc).split()))
             return
         except ValueError as exc:  # already registered (under this or another name)
             self._fail(record, exc, "hook validation failed")
@@ -244,7 +245,9 @@ class Registry:
 
     def _admit(self, obj: Any, record: PluginRecord) -> None:
         """Validate a plugin registered with :attr:`pm` and call its registration hooks; on failure unregister it."""
-        problems = self._pending_problems(obj) + self._signature_problems(obj) + self._undecorated(obj)
+        own = [(hc.name, impl.function) for hc in self.pm.get_hookcallers(obj) or ()
+               for impl in hc.get_hookimpls() if impl.plugin is obj]
+        problems = self._pending_problems(obj) + self._signature_problems(own) + self._undecorated(obj)
         if problems:
             self.pm.unregister(obj)
             self._fail(record, None, "hook validation failed", "; ".join(problems))
@@ -270,13 +273,13 @@ class Registry:
             caller(**kwargs)
 
     # ---------------------------------------------------------------- validation
-    def _impls(self, obj: Any) -> list[tuple[str, str, Any]]:
-        """``(hook name, attribute name, function)`` of each ``@hookimpl`` of ``obj``, as pluggy parses them."""
+    def _impls(self, obj: Any) -> list[tuple[str, Any]]:
+        """``(hook name, function)`` of each ``@hookimpl`` of an unregistered ``obj``, as pluggy parses them."""
         out = []
         for attr in dir(obj):
             opts = self.pm.parse_hookimpl_opts(obj, attr)
             if opts is not None:
-                out.append((opts.get("specname") or attr, attr, getattr(obj, attr)))
+                out.append((opts.get("specname") or attr, getattr(obj, attr)))
         return out
 
     def _pending_problems(self, obj: Any) -> list[str]:
@@ -295,11 +298,11 @@ class Registry:
                                     f"{did_you_mean(hc.name, HOOK_NAMES)}; the hooks are {', '.join(HOOK_NAMES)}")
         return problems
 
-    def _signature_problems(self, obj: Any) -> list[str]:
-        """Each hookimpl whose arguments are not its hookspec's (pluggy refuses extra ones; a missing one,
-        which pluggy allows, leaves these hooks nothing to register with)."""
+    def _signature_problems(self, impls: list[tuple[str, Any]]) -> list[str]:
+        """Each ``(hook name, function)`` whose arguments are not its hookspec's (pluggy refuses extra ones;
+        a missing one, which pluggy allows, leaves these hooks nothing to register with)."""
         problems = []
-        for hook_name, attr, fn in self._impls(obj):
+        for hook_name, fn in impls:
             hc = getattr(self.pm.hook, hook_name, None)
             spec = hc.spec if hc is not None else None
             if spec is None:
@@ -320,7 +323,7 @@ class Registry:
                 what.append("takes " + ", ".join(f"{n!r}{did_you_mean(n, spec.argnames)}" for n in extra))
             if missing and not extra:  # with an extra one, its did-you-mean already names the missing one
                 what.append("lacks " + ", ".join(repr(n) for n in missing))
-            problems.append(f"@hookimpl {attr}({', '.join(names)}) {' and '.join(what)}: the hookspec is "
+            problems.append(f"@hookimpl {fn.__name__}({', '.join(names)}) {' and '.join(what)}: the hookspec is "
                             f"{hook_name}({', '.join(spec.argnames)})")
         return problems
 
