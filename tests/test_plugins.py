@@ -542,3 +542,11 @@ def test_docs_list_every_capability_key_with_its_meaning():
         assert f"| `{key}` | {key.meaning} | {'yes' if key.enforced else 'no'}" in text, key
     for var in ("LMFORGE_PLUGINS", "LMFORGE_DISABLE_PLUGINS", "LMFORGE_STRICT_PLUGINS", "LMFORGE_SLOW_PLUGIN_SECONDS"):
         assert f"| `{var}=" in text, var
+
+
+def test_every_mistake_of_a_plugin_is_named_at_once(tmp_path):
+    src = MISSPELT.replace("def register_data_formats(register):", "def register_data_formats(register, extra):")
+    reg = _load_fake(tmp_path, "lmforge-two", {"lmf_two": src}, {"two": "lmf_two"}, installed=False)
+    error = _row(reg, "lmforge-two")["error"]
+    assert "register_model_familes is not an lmforge hook (did you mean 'register_model_families'?)" in error
+    assert "@hookimpl register_data_formats(register, extra) takes 'extra'" in error

@@ -219,8 +219,9 @@ class Registry:
         try:
             self.pm.register(obj, name=record.plugin_name)
         except pluggy.PluginValidationError as exc:  # an argument the hookspec does not have
-            self._fail(record, exc, "hook validation failed",
-                       "; ".join(self._signature_problems(self._impls(obj))) or " ".join(str(exc).split()))
+            impls = self._impls(obj)
+            problems = self._pending_problems(impls) + self._signature_problems(impls)
+            self._fail(record, exc, "hook validation failed", "; ".join(problems) or " ".join(str(exc).split()))
             return
         except ValueError as exc:  # already registered (under this or another name)
             self._fail(record, exc, "hook validation failed")
@@ -245,9 +246,9 @@ class Registry:
 
     def _admit(self, obj: Any, record: PluginRecord) -> None:
         """Validate a plugin registered with :attr:`pm` and call its registration hooks; on failure unregister it."""
-        own = [(hc.name, impl.function) for hc in self.pm.get_hookcallers(obj) or ()
+        own = [(hc.name, impl.function, impl.optionalhook) for hc in self.pm.get_hookcallers(obj) or ()
                for impl in hc.get_hookimpls() if impl.plugin is obj]
-        problems = self._pending_problems(obj) + self._signature_problems(own) + self._undecorated(obj)
+        problems = self._pending_problems(own) + self._signature_problems(own) + self._undecorated(obj)
         if problems:
             self.pm.unregister(obj)
             self._fail(record, None, "hook validation failed", "; ".join(problems))
@@ -273,36 +274,36 @@ class Registry:
             caller(**kwargs)
 
     # ---------------------------------------------------------------- validation
-    def _impls(self, obj: Any) -> list[tuple[str, Any]]:
-        """``(hook name, function)`` of each ``@hookimpl`` of an unregistered ``obj``, as pluggy parses them."""
+    def _impls(self, obj: Any) -> list[tuple[str, Any, bool]]:
+        """``(hook name, function, optionalhook)`` of each ``@hookimpl`` of an unregistered ``obj``, as pluggy
+        parses them (a registered plugin's come from its hook callers)."""
         out = []
         for attr in dir(obj):
             opts = self.pm.parse_hookimpl_opts(obj, attr)
             if opts is not None:
-                out.append((opts.get("specname") or attr, getattr(obj, attr)))
+                out.append((opts.get("specname") or attr, getattr(obj, attr), bool(opts.get("optionalhook"))))
         return out
 
-    def _pending_problems(self, obj: Any) -> list[str]:
-        """``pm.check_pending()`` for one plugin: each non-optional hookimpl whose hook has no spec.
+    def _pending_problems(self, impls: list[tuple[str, Any, bool]]) -> list[str]:
+        """``pm.check_pending()``'s rule for one plugin: a hookimpl whose hook has no spec, unless optional.
 
         (``pm.check_pending()`` itself raises at the first offender of any plugin; asked per
         plugin, the reason goes to the plugin at fault and names every misspelt function.)
         """
         problems = []
-        for hc in self.pm.get_hookcallers(obj) or ():
-            if hc.has_spec():
+        for hook_name, fn, optional in impls:
+            hc = getattr(self.pm.hook, hook_name, None)
+            if optional or (hc is not None and hc.has_spec()):
                 continue
-            for impl in hc.get_hookimpls():
-                if impl.plugin is obj and not impl.optionalhook:
-                    problems.append(f"@hookimpl {impl.function.__name__} is not an lmforge hook"
-                                    f"{did_you_mean(hc.name, HOOK_NAMES)}; the hooks are {', '.join(HOOK_NAMES)}")
+            problems.append(f"@hookimpl {fn.__name__} is not an lmforge hook{did_you_mean(hook_name, HOOK_NAMES)}; "
+                            f"the hooks are {', '.join(HOOK_NAMES)}")
         return problems
 
-    def _signature_problems(self, impls: list[tuple[str, Any]]) -> list[str]:
-        """Each ``(hook name, function)`` whose arguments are not its hookspec's (pluggy refuses extra ones;
-        a missing one, which pluggy allows, leaves these hooks nothing to register with)."""
+    def _signature_problems(self, impls: list[tuple[str, Any, bool]]) -> list[str]:
+        """Each hookimpl whose arguments are not its hookspec's (pluggy refuses extra ones; a missing one,
+        which pluggy allows, leaves these hooks nothing to register with)."""
         problems = []
-        for hook_name, fn in impls:
+        for hook_name, fn, _ in impls:
             hc = getattr(self.pm.hook, hook_name, None)
             spec = hc.spec if hc is not None else None
             if spec is None:
