@@ -515,6 +515,13 @@ def test_allowlist_and_disable_list(tmp_path, monkeypatch):
         rows, reg = load()
         assert rows["lmforge-qa"]["status"] == "disabled"
         assert rows["lmforge-qa"]["error"] == "lmf_qa_allow: disabled by LMFORGE_DISABLE_PLUGINS"
+        monkeypatch.delenv("LMFORGE_DISABLE_PLUGINS")
+        monkeypatch.setenv("LMFORGE_PLUGINS", "lmforge")  # the built-ins only
+        rows, reg = load()
+        assert {n for n, r in rows.items() if r["status"] == "ok"} == {"lmforge"}
+        monkeypatch.setenv("LMFORGE_PLUGINS", "")  # empty: no allowlist
+        rows, reg = load()
+        assert all(r["status"] == "ok" for r in rows.values())
         monkeypatch.delenv("LMFORGE_PLUGINS")
         monkeypatch.setenv("LMFORGE_DISABLE_PLUGINS", "lmforge,llm-plugins-cpm")
         rows, reg = load()
