@@ -1,4 +1,5 @@
-"""Plugin host: discovery, broken plugins, strict mode, duplicate names, CLI listing."""
+"""Plugin host: discovery, hooks through pluggy and their validation, capability keys, broken plugins, strict
+mode, allow/deny lists, duplicate names, CLI listing."""
 
 from __future__ import annotations
 
