@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from lmforge import hookimpl
-from lmforge.plugins.descriptors import ArchSpec, ChatTemplate, ModelFamily, Preset, supported
+from lmforge.plugins.descriptors import ArchSpec, ChatTemplate, ModelFamily, Preset, experimental, supported
 
 
 def arch_from_config(cfg: Mapping[str, Any]) -> ArchSpec:
@@ -92,6 +92,8 @@ LLAMA = ModelFamily(
         # RoPE positions restart per example (lmforge's default packed collator); attention goes through
         # transformers' attention interface, so lmforge's per-example attention applies
         "packing": supported(),
+        "long_context": experimental("rope_scaling from config.json through transformers' RoPE utilities; "
+                                     "not exercised by this plugin's tests"),
     },
 )
 

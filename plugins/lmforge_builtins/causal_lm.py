@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from lmforge import hookimpl
-from lmforge.plugins.descriptors import ArchSpec, ChatTemplate, ModelFamily, unsupported
+from lmforge.plugins.capabilities import PEFT_KEYS
+from lmforge.plugins.descriptors import ArchSpec, ChatTemplate, ModelFamily, experimental, supported, unsupported
 
 
 def _first(cfg: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
@@ -58,7 +59,15 @@ CAUSAL_LM = ModelFamily(
     model_types=(),
     chat_template=ChatTemplate(name="plain", user="{content}\n", assistant="{content}"),
     capabilities={
+        "full": supported("every parameter trains; nothing depends on the architecture"),
+        **{m: experimental("a generic peft method on an architecture no family plugin describes (LoRA-style "
+                           "methods target all-linear): untested")
+           for m in PEFT_KEYS if m != "full"},
         "packing": unsupported("the generic family does not know how this architecture takes per-sample positions"),
+        "gradient_checkpointing": experimental("where the model implements it (transformers refuses one that does "
+                                               "not)"),
+        "flash_attention": experimental("where transformers implements it for the architecture (CUDA only)"),
+        "long_context": experimental("whatever the checkpoint's config.json sets (rope_scaling ...); untested"),
     },
 )
 

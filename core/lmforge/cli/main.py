@@ -91,7 +91,8 @@ def models_cmd(as_json: bool, family: str | None) -> None:
             "architectures": list(fam.architectures),
             "presets": [{"name": p.name, "tiny": p.tiny, "description": p.description} for p in fam.presets],
             "default_lora_targets": list(fam.default_lora_targets),
-            "capabilities": {k: v.to_json() for k, v in sorted(fam.capabilities.items())},
+            # every key of the closed set: one the family does not declare shows as untested
+            "capabilities": {k: v.to_json() for k, v in sorted(fam.capability_map().items())},
         })
     if as_json:
         click.echo(json.dumps(out, indent=2, ensure_ascii=False))

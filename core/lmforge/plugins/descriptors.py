@@ -39,44 +39,13 @@ def resolve_ref(ref: str | Callable | None) -> Any:
 
 
 # --------------------------------------------------------------------------
-# capabilities
+# capabilities: the closed key set, the values and the undeclared default live in
+# lmforge.plugins.capabilities; re-exported here, where plugins import descriptors from
 
-SUPPORTED = "supported"
-EXPERIMENTAL = "experimental"
-UNSUPPORTED = "unsupported"
-
-
-@dataclass(frozen=True)
-class Capability:
-    """Whether a family supports a feature, and why not when it does not."""
-
-    status: str = SUPPORTED
-    reason: str = ""
-
-    def __post_init__(self) -> None:
-        if self.status not in (SUPPORTED, EXPERIMENTAL, UNSUPPORTED):
-            raise ValueError(f"capability status must be supported/experimental/unsupported, got {self.status!r}")
-        if self.status == UNSUPPORTED and not self.reason:
-            raise ValueError("an unsupported capability must say why (reason=...)")
-
-    @property
-    def usable(self) -> bool:
-        return self.status != UNSUPPORTED
-
-    def to_json(self) -> dict:
-        return {"status": self.status, "reason": self.reason or None}
-
-
-def supported(reason: str = "") -> Capability:
-    return Capability(SUPPORTED, reason)
-
-
-def experimental(reason: str = "") -> Capability:
-    return Capability(EXPERIMENTAL, reason)
-
-
-def unsupported(reason: str) -> Capability:
-    return Capability(UNSUPPORTED, reason)
+from lmforge.plugins.capabilities import (  # noqa: E402,F401
+    EXPERIMENTAL, SUPPORTED, UNSUPPORTED, Capability, CapabilityKey, capability_of, experimental, supported,
+    unsupported,
+)
 
 
 # --------------------------------------------------------------------------
@@ -269,9 +238,12 @@ class ModelFamily:
     raises :class:`~lmforge.errors.LmforgeError` for variants transformers lacks.
     ``arch_from_config`` maps a
     config dict to :class:`ArchSpec` in pure Python.
-    ``capabilities`` keys: PEFT method names, ``"packing"``, ``"long_context"``,
-    ``"flash_attention"``, ``"gradient_checkpointing"``; a missing key means
-    supported.
+    ``capabilities`` maps keys of the closed set
+    :class:`~lmforge.plugins.capabilities.CapabilityKey` (PEFT method keys,
+    ``"packing"``, ``"long_context"``, ``"flash_attention"``,
+    ``"gradient_checkpointing"``) to a :class:`Capability`; another key makes the
+    plugin broken at registration, and a key left out reads as experimental
+    ("untested").
     """
 
     name: str
@@ -294,7 +266,12 @@ class ModelFamily:
     capabilities: Mapping[str, Capability] = field(default_factory=dict)
 
     def capability(self, key: str) -> Capability:
-        return self.capabilities.get(key, Capability(SUPPORTED))
+        """The family's capability for ``key`` (one of :class:`CapabilityKey`); undeclared keys are untested."""
+        return capability_of(self.capabilities, key, self.name)
+
+    def capability_map(self) -> dict[str, Capability]:
+        """Every capability key with its value for this family, declared or not, in key order."""
+        return {str(k): self.capability(k) for k in CapabilityKey}
 
     def preset(self, name: str) -> Preset | None:
         for p in self.presets:
@@ -440,7 +417,9 @@ class PeftMethod:
     ``from_pretrained`` (QLoRA's quantization config). ``saves`` says what lands
     in the output ("full", "peft-adapter", "trained-tensors"). ``requires`` lists
     pip distributions needed at run time. ``capability`` is the key looked up in
-    the family's capability map (defaults to the name). ``check``: optional
+    the family's capability map (defaults to the name), one of
+    :class:`~lmforge.plugins.capabilities.CapabilityKey`: a method that is not a
+    built-in names the built-in whose family requirements it shares (e.g. ``"lora"``). ``check``: optional
     pure-Python ``check(options, config)`` run by config validation, before any
     model loads, for rules that span options (or the ``train:`` section); it
     raises ``ValueError`` naming ``peft.OPTION``.

@@ -7,10 +7,13 @@ it once per descriptor. Registration must be cheap: import only the standard
 library and ``lmforge`` at module level and reference heavy code by
 ``"module:attr"`` strings (see :mod:`lmforge.plugins.descriptors`).
 
-Hooks are called once per process, the first time anything asks the registry
-(``lmforge plugins``, ``lmforge train``, ``lmforge.load`` ...), one plugin at a
-time: an exception in one plugin marks that plugin broken and rolls back what it
-registered; the others are unaffected.
+Hooks are called through pluggy (``pm.hook``) once per process, the first time
+anything asks the registry (``lmforge plugins``, ``lmforge train``, ``lmforge.load``
+...), one plugin at a time (:mod:`lmforge.plugins.registry`): an exception in one
+plugin marks that plugin broken and rolls back what it registered; the others are
+unaffected. Before its hooks run, each plugin is validated against these specs:
+an ``@hookimpl`` named after no spec (unless ``optionalhook=True``), or whose
+arguments are not the spec's, marks the plugin broken with a did-you-mean.
 """
 
 from __future__ import annotations

@@ -1,23 +1,40 @@
-"""The plugin host: entry-point discovery, registration and the registry.
+"""The plugin host: entry-point discovery, hook validation, registration and the registry.
 
 Plugins are found through the ``lmforge`` entry-point group (built-ins too) and
-loaded one at a time. A plugin that fails to import or to register is recorded
-as broken (distribution, version, error) and skipped; with
-``LMFORGE_STRICT_PLUGINS=1`` the error is re-raised instead.
+loaded one at a time: each is imported, registered with the pluggy
+``PluginManager`` (``Registry.pm``), validated, and its registration hooks are called
+through pluggy, one plugin at a time (``pm.subset_hook_caller`` with every other
+plugin left out), so that each descriptor is attributed to the distribution that
+registered it and an exception rolls back that plugin alone. Validation, per
+plugin: pluggy's own check of each ``@hookimpl``'s arguments against its hookspec
+(``pm.register``), ``pm.check_pending()`` semantics (an ``@hookimpl`` whose name is no
+hookspec, unless ``optionalhook=True``), a hookimpl lacking its spec's argument,
+and a function named after a hook but not decorated; the reason names the function
+and the closest hook or argument name. Capability keys are checked against the
+closed set of :mod:`lmforge.plugins.capabilities` as descriptors are registered.
+
+A plugin that fails to import, to validate or to register is recorded as broken
+(distribution, version, error) and skipped; with ``LMFORGE_STRICT_PLUGINS=1`` the
+error is re-raised instead. A plugin object registered directly with ``pm`` (an
+embedding application, a test) before :meth:`Registry.load_entry_points` is
+validated and called the same way, as its own distribution.
 
 A name (family, alias, preset, PEFT method, data format, estimator, launcher)
 registered by two plugins is *contested*: it is refused for both, whatever
 order they load in, with an error naming both distributions, while everything
 else each of them registered keeps working. ``LMFORGE_DISABLE_PLUGINS=dist1,dist2``
 skips distributions (or ``dist:entry_point``); ``LMFORGE_PLUGINS=dist1,dist2`` is
-an allowlist (lmforge's own built-ins are always loaded unless disabled).
+an allowlist (lmforge's own built-ins are always loaded unless disabled); names
+compare as normalized distribution names (case, ``-``, ``_`` and ``.`` alike).
 Each plugin's load time is recorded; ``lmforge plugins`` shows it and warns
 about slow ones (over ``LMFORGE_SLOW_PLUGIN_SECONDS``, default 0.5).
 """
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -26,9 +43,10 @@ from typing import Any, Iterable
 
 import pluggy
 
+from lmforge.errors import LmforgeError, PluginConflictError, PluginError, did_you_mean
 from lmforge.plugins import hookspecs
+from lmforge.plugins.capabilities import check_capability_map, check_key
 from lmforge.plugins.descriptors import KINDS, DataFormat, Launcher, MemoryEstimator, ModelFamily, PeftMethod
-from lmforge.errors import PluginConflictError, PluginError, did_you_mean
 
 ENTRY_POINT_GROUP = "lmforge"
 REGISTRATION_HOOKS = {
@@ -38,7 +56,8 @@ REGISTRATION_HOOKS = {
     "memory_estimators": "register_memory_estimators",
     "launchers": "register_launchers",
 }
-HOOK_NAMES = tuple(REGISTRATION_HOOKS.values()) + ("register_commands",)
+# every hookspec (pluggy marks each with ``lmforge_spec``)
+HOOK_NAMES = tuple(sorted(n for n, fn in vars(hookspecs).items() if callable(fn) and hasattr(fn, "lmforge_spec")))
 
 # Where a name is provided when its plugin is not installed, for "pip install ..." hints.
 KIND_NAMES = {
@@ -70,7 +89,8 @@ def strict_mode() -> bool:
 
 
 def _norm(name: str) -> str:
-    return name.strip().lower().replace("_", "-")
+    """A distribution name as the allow/deny lists compare it (PEP 503: case, runs of -_. alike)."""
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
 
 
 def _env_names(var: str) -> set[str] | None:
@@ -113,6 +133,11 @@ class PluginRecord:
     registered: dict[str, list[str]] = field(default_factory=dict)
     conflicts: list[str] = field(default_factory=list)
     load_seconds: float = 0.0
+    plugin_name: str = ""  # its name in the PluginManager; "DIST:ENTRY_POINT" unless registered directly
+
+    def __post_init__(self) -> None:
+        if not self.plugin_name:
+            self.plugin_name = f"{self.distribution}:{self.entry_point}"
 
     @property
     def label(self) -> str:
@@ -154,18 +179,21 @@ class Registry:
 
     # ---------------------------------------------------------------- loading
     def load_entry_points(self, entry_points: Iterable[metadata.EntryPoint] | None = None) -> None:
+        """Load every ``lmforge`` entry point, then any plugin registered directly with :attr:`pm`."""
         if entry_points is None:
             entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
         seen: set[tuple[str, str, str]] = set()
-        for ep in sorted(entry_points, key=lambda e: (_dist_name(e) != "lmforge", e.name)):
-            key = (_dist_name(ep), ep.name, ep.value)
+        named = [(_dist_name(ep), ep) for ep in entry_points]  # reading a dist's metadata parses its METADATA file
+        for dist, ep in sorted(named, key=lambda de: (de[0] != "lmforge", de[1].name)):
+            key = (dist, ep.name, ep.value)
             if key in seen:  # the same distribution visible twice on sys.path
                 continue
             seen.add(key)
-            self._load_one(ep)
+            self._load_one(ep, dist)
+        self.adopt_registered()
 
-    def _load_one(self, ep: metadata.EntryPoint) -> None:
-        dist = _dist_name(ep)
+    def _load_one(self, ep: metadata.EntryPoint, dist: str | None = None) -> None:
+        dist = dist or _dist_name(ep)
         version = _dist_version(ep)
         record = PluginRecord(entry_point=ep.name, module=ep.value, distribution=dist, version=version)
         self.records.append(record)
@@ -185,22 +213,50 @@ class Registry:
             record.load_seconds = time.perf_counter() - t0
 
     def add_plugin(self, obj: Any, record: PluginRecord) -> None:
-        """Register an already-imported plugin object under ``record`` and run its hooks."""
+        """Register an already-imported plugin object under ``record``, validate it and run its hooks."""
         if record not in self.records:
             self.records.append(record)
         try:
-            self.pm.register(obj, name=f"{record.distribution}:{record.entry_point}")
-        except Exception as exc:  # noqa: BLE001
+            self.pm.register(obj, name=record.plugin_name)
+        except pluggy.PluginValidationError as exc:  # an argument the hookspec does not have
+            impls = self._impls(obj)
+            problems = self._pending_problems(impls) + self._signature_problems(impls)
+            self._fail(record, exc, "hook validation failed", "; ".join(problems) or " ".join(str(exc).split()))
+            return
+        except ValueError as exc:  # already registered (under this or another name)
             self._fail(record, exc, "hook validation failed")
             return
-        record.hooks = sorted(name for name in HOOK_NAMES if callable(getattr(obj, name, None)))
-        added: list[tuple[str, str]] = []
+        self._admit(obj, record)
+
+    def adopt_registered(self) -> None:
+        """Validate and run the hooks of plugins registered with :attr:`pm` directly, each as its own distribution."""
+        known = {r.plugin_name for r in self.records}
+        for name, obj in self.pm.list_name_plugin():
+            if obj is None or name in known:  # None: a name blocked with pm.set_blocked
+                continue
+            module = getattr(obj, "__name__", None) or f"{type(obj).__module__}.{type(obj).__qualname__}"
+            record = PluginRecord(entry_point=name, module=module, distribution=name, version="in-process",
+                                  plugin_name=name)
+            self.records.append(record)
+            t0 = time.perf_counter()
+            try:
+                self._admit(obj, record)
+            finally:
+                record.load_seconds = time.perf_counter() - t0
+
+    def _admit(self, obj: Any, record: PluginRecord) -> None:
+        """Validate a plugin registered with :attr:`pm` and call its registration hooks; on failure unregister it."""
+        own = [(hc.name, impl.function, impl.optionalhook) for hc in self.pm.get_hookcallers(obj) or ()
+               for impl in hc.get_hookimpls() if impl.plugin is obj]
+        problems = self._pending_problems(own) + self._signature_problems(own) + self._undecorated(obj)
+        if problems:
+            self.pm.unregister(obj)
+            self._fail(record, None, "hook validation failed", "; ".join(problems))
+            return
+        record.hooks = sorted(hc.name for hc in self.pm.get_hookcallers(obj) or () if hc.has_spec())
         try:
             for kind, hook_name in REGISTRATION_HOOKS.items():
-                fn = getattr(obj, hook_name, None)
-                if fn is None:
-                    continue
-                fn(register=self._make_register(kind, record, added))
+                self._call_hook(obj, hook_name, register=self._make_register(kind, record))
         except Exception as exc:  # noqa: BLE001
             self._drop_claims(record)
             record.registered = {}
@@ -210,7 +266,84 @@ class Registry:
                 raise
             self._fail(record, exc, "registration failed")
 
-    def _make_register(self, kind: str, record: PluginRecord, added: list):
+    def _call_hook(self, obj: Any, hook_name: str, **kwargs: Any) -> None:
+        """Call ``pm.hook.<hook_name>`` on ``obj``'s implementation alone (``pm.subset_hook_caller``), if it has one."""
+        others = [p for p in self.pm.get_plugins() if p is not obj]
+        caller = self.pm.subset_hook_caller(hook_name, remove_plugins=others)
+        if any(impl.plugin is obj for impl in caller.get_hookimpls()):
+            caller(**kwargs)
+
+    # ---------------------------------------------------------------- validation
+    def _impls(self, obj: Any) -> list[tuple[str, Any, bool]]:
+        """``(hook name, function, optionalhook)`` of each ``@hookimpl`` of an unregistered ``obj``, as pluggy
+        parses them (a registered plugin's come from its hook callers)."""
+        out = []
+        for attr in dir(obj):
+            opts = self.pm.parse_hookimpl_opts(obj, attr)
+            if opts is not None:
+                out.append((opts.get("specname") or attr, getattr(obj, attr), bool(opts.get("optionalhook"))))
+        return out
+
+    def _pending_problems(self, impls: list[tuple[str, Any, bool]]) -> list[str]:
+        """``pm.check_pending()``'s rule for one plugin: a hookimpl whose hook has no spec, unless optional.
+
+        (``pm.check_pending()`` itself raises at the first offender of any plugin; asked per
+        plugin, the reason goes to the plugin at fault and names every misspelt function.)
+        """
+        problems = []
+        for hook_name, fn, optional in impls:
+            hc = getattr(self.pm.hook, hook_name, None)
+            if optional or (hc is not None and hc.has_spec()):
+                continue
+            problems.append(f"@hookimpl {fn.__name__} is not an lmforge hook{did_you_mean(hook_name, HOOK_NAMES)}; "
+                            f"the hooks are {', '.join(HOOK_NAMES)}")
+        return problems
+
+    def _signature_problems(self, impls: list[tuple[str, Any, bool]]) -> list[str]:
+        """Each hookimpl whose arguments are not its hookspec's (pluggy refuses extra ones; a missing one,
+        which pluggy allows, leaves these hooks nothing to register with)."""
+        problems = []
+        for hook_name, fn, _ in impls:
+            hc = getattr(self.pm.hook, hook_name, None)
+            spec = hc.spec if hc is not None else None
+            if spec is None:
+                continue
+            try:
+                params = inspect.signature(fn).parameters.values()
+            except (TypeError, ValueError):
+                continue
+            required = [p.name for p in params if p.default is p.empty
+                        and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            names = [p.name for p in params]
+            extra = [n for n in required if n not in spec.argnames]
+            missing = [n for n in spec.argnames if n not in names]
+            if not extra and not missing:
+                continue
+            what = []
+            if extra:
+                what.append("takes " + ", ".join(f"{n!r}{did_you_mean(n, spec.argnames)}" for n in extra))
+            if missing and not extra:  # with an extra one, its did-you-mean already names the missing one
+                what.append("lacks " + ", ".join(repr(n) for n in missing))
+            problems.append(f"@hookimpl {fn.__name__}({', '.join(names)}) {' and '.join(what)}: the hookspec is "
+                            f"{hook_name}({', '.join(spec.argnames)})")
+        return problems
+
+    def _undecorated(self, obj: Any) -> list[str]:
+        """Functions named after a hook but not marked ``@hookimpl``: pluggy would never call them."""
+        return [f"{name} is named after an lmforge hook but not decorated with @lmforge.hookimpl, so it is never "
+                f"called" for name in HOOK_NAMES
+                if callable(getattr(obj, name, None)) and self.pm.parse_hookimpl_opts(obj, name) is None]
+
+    def _check_descriptor(self, kind: str, descriptor: Any) -> None:
+        """Checks made as a descriptor registers: capability keys are the closed set's."""
+        if kind == "model_families":
+            check_capability_map(descriptor.capabilities, f"family {descriptor.name!r}")
+        elif kind == "peft_methods":
+            check_key(descriptor.capability_key,
+                      f"peft method {descriptor.name!r} capability (set PeftMethod(capability=...) to the "
+                      f"built-in method whose family requirements it shares)")
+
+    def _make_register(self, kind: str, record: PluginRecord):
         expected = KINDS[kind]
 
         def register(descriptor: Any) -> None:
@@ -219,6 +352,7 @@ class Registry:
                     f"{REGISTRATION_HOOKS[kind]} must register {expected.__name__} objects, "
                     f"got {type(descriptor).__name__}"
                 )
+            self._check_descriptor(kind, descriptor)
             claims = [(kind, descriptor.name, Claim(descriptor, record))]
             claims += [(kind, alias, Claim(descriptor, record, alias_of=descriptor.name))
                        for alias in (getattr(descriptor, "aliases", ()) or ())]
@@ -233,7 +367,6 @@ class Registry:
             for k, name, claim in claims:
                 self.claims[k].setdefault(name, []).append(claim)
             record.registered.setdefault(kind, []).append(descriptor.name)
-            added.append((kind, descriptor.name))
             self._rebuild()
 
         return register
@@ -291,10 +424,14 @@ class Registry:
             return self.entries[kind][self.aliases[name]]
         return None
 
-    def _fail(self, record: PluginRecord, exc: BaseException, what: str) -> None:
+    def _fail(self, record: PluginRecord, exc: BaseException | None, what: str, reason: str | None = None) -> None:
+        """Mark ``record`` broken with ``what: reason`` (default: the exception); strict mode raises."""
+        if reason is None:  # an LmforgeError's message is the whole story; other exceptions say their type
+            reason = str(exc) if isinstance(exc, LmforgeError) else f"{type(exc).__name__}: {exc}"
         record.status = "broken"
-        record.error = f"{what}: {type(exc).__name__}: {exc}"
-        record.traceback = "".join(traceback.format_exception(exc))  # type: ignore[attr-defined]
+        record.error = f"{what}: {reason}"
+        if exc is not None:
+            record.traceback = "".join(traceback.format_exception(exc))  # type: ignore[attr-defined]
         if strict_mode():
             raise PluginError(f"plugin {record.label}: {record.error}") from exc
 
@@ -394,9 +531,9 @@ class Registry:
         for record in self.records:
             if record.status != "ok" or "register_commands" not in record.hooks:
                 continue
-            obj = self.pm.get_plugin(f"{record.distribution}:{record.entry_point}")
+            obj = self.pm.get_plugin(record.plugin_name)
             try:
-                obj.register_commands(cli=cli)
+                self._call_hook(obj, "register_commands", cli=cli)
             except Exception as exc:  # noqa: BLE001
                 self._fail(record, exc, "register_commands failed")
 
