@@ -59,7 +59,7 @@ def tiny_preset(family) -> str:
 
 
 def check_family(name: str, *, preset: str | None = None, workdir: str | None = None, steps: int = 8,
-                 lr: float = 3e-3, prefix_lm: bool = False, registry=None) -> Report:
+                 lr: float = 3e-3, prefix_lm: bool = False) -> Report:
     """Run the family conformance suite on ``preset`` (default: the family's first tiny preset).
 
     ``prefix_lm``: the model attends bidirectionally over its prompt (CPM-Ant), so
@@ -71,7 +71,7 @@ def check_family(name: str, *, preset: str | None = None, workdir: str | None = 
     from lmforge.plugins.registry import get_registry
 
     report = Report("model family", name)
-    reg = registry or get_registry()
+    reg = get_registry()  # every step (loading, training) uses the process's registry
     with report.check("registered"):
         family = reg.family(name)
     with report.check("presets"):

@@ -37,7 +37,7 @@ SAMPLES: dict[str, list[Any]] = {
 FOREIGN = ({}, {"zz_unknown": 1})
 
 
-def check_data_format(name: str, records: Sequence[Any] | None = None, *, registry=None) -> Report:
+def check_data_format(name: str, records: Sequence[Any] | None = None) -> Report:
     """Run the data-format conformance suite on sample ``records`` (parsed JSON objects, or lines for ``.txt``).
 
     ``records`` defaults to :data:`SAMPLES` ``[name]`` for the built-in formats.
@@ -49,7 +49,7 @@ def check_data_format(name: str, records: Sequence[Any] | None = None, *, regist
     from lmforge.plugins.registry import get_registry
 
     report = Report("data format", name)
-    reg = registry or get_registry()
+    reg = get_registry()
     with report.check("registered"):
         fmt = reg.data_format(name)
         assert fmt.suffixes, "the format reads no file kind (suffixes=())"

@@ -26,7 +26,7 @@ RELOAD_TOL = 1e-5
 
 
 def check_peft_method(name: str, *, preset: str = "tiny-llama", options: dict | None = None, lr: float = 1e-2,
-                      steps: int = 12, workdir: str | None = None, registry=None) -> Report:
+                      steps: int = 12, workdir: str | None = None) -> Report:
     """Run the PEFT-method conformance suite; ``options`` are passed as ``peft_options``.
 
     Raises :class:`~lmforge.testing.ConformanceError` naming the first check that
@@ -36,7 +36,7 @@ def check_peft_method(name: str, *, preset: str = "tiny-llama", options: dict | 
     from lmforge.plugins.registry import get_registry
 
     report = Report("PEFT method", name)
-    reg = registry or get_registry()
+    reg = get_registry()  # every step (loading, training) uses the process's registry
     with report.check("registered"):
         method = reg.peft_method(name)
         for hook in ("apply", "load", "save", "merge", "check", "model_load_kwargs"):
