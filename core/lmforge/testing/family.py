@@ -214,14 +214,18 @@ def _check_checkpointing(model, encoder) -> None:
         torch.manual_seed(0)  # the same dropout masks in both passes
         with torch.no_grad():
             plain = model(**batch, use_cache=False).loss
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # newer transformers call it activation checkpointing (the old names warn); older have only the old names
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         torch.manual_seed(0)
         loss = model(**batch, use_cache=False).loss
         loss.backward()
         assert torch.allclose(loss.detach(), plain, atol=1e-5), f"loss {float(loss)} with checkpointing, {float(plain)} without"
         assert any(p.grad is not None for p in model.parameters()), "no gradient reached the parameters"
     finally:
-        model.gradient_checkpointing_disable()
+        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
         model.zero_grad(set_to_none=True)
         model.eval()
 
