@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from lmforge import hookimpl
+from lmforge.modeling.arch import llama_arch
 from lmforge.plugins.descriptors import ArchSpec, ChatTemplate, ModelFamily, Preset, experimental, supported, unsupported
 
 _L = "llm_plugins_cpm.loader"
@@ -105,26 +106,8 @@ CPMANT = ModelFamily(
 
 
 def minicpm_arch(cfg: Mapping[str, Any]) -> ArchSpec:
-    heads = int(cfg["num_attention_heads"])
-    kv = int(cfg.get("num_key_value_heads") or heads)
-    return ArchSpec(
-        vocab_size=int(cfg["vocab_size"]),
-        hidden_size=int(cfg["hidden_size"]),
-        num_layers=int(cfg["num_hidden_layers"]),
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        head_dim=cfg.get("head_dim"),
-        intermediate_size=int(cfg["intermediate_size"]),
-        mlp_kind="gated",
-        activation=str(cfg.get("hidden_act", "silu")),
-        norm_kind="rmsnorm",
-        position_kind="rope",
-        attention_kind="gqa" if kv != heads else "mha",
-        tied_embeddings=bool(cfg.get("tie_word_embeddings", True)),  # the released default
-        attention_bias=bool(cfg.get("attention_bias", False)),
-        max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
-        extra={k: cfg[k] for k in ("scale_emb", "scale_depth", "dim_model_base") if k in cfg},
-    )
+    """LLaMA's layout with tied embeddings by default (the released default) and muP scalings in ``extra``."""
+    return llama_arch(cfg, tied_default=True, extra_keys=("scale_emb", "scale_depth", "dim_model_base"))
 
 
 def _minicpm(hidden, inter, layers, heads, kv=None, vocab=122753, ctx=4096, **extra) -> dict:

@@ -16,11 +16,10 @@ Deterministic: the same inputs give the same files.
 from __future__ import annotations
 
 import collections
-import json
 import os
 import re
 
-from lmforge.modeling.tiny_tokenizer import train_byte_bpe
+from lmforge.modeling.tiny_tokenizer import build_tokenizer_file, example_data_files, tiny_corpus
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -39,23 +38,12 @@ EXTRA = [
 CPMANT_SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<d>", "</d>", "</_>", "</n>"]
 
 
-def corpus():
-    for name in ("train.jsonl", "valid.jsonl"):
-        with open(os.path.join(ROOT, "examples", "data", name), encoding="utf-8") as f:
-            for line in f:
-                rec = json.loads(line)
-                yield rec["input"]
-                yield rec["output"]
-    for _ in range(50):
-        yield from EXTRA
-    yield "".join(chr(c) for c in range(32, 127))
+def corpus() -> list[str]:
+    return tiny_corpus(EXTRA, data_files=example_data_files(ROOT))
 
 
 def build_bpe(name: str, specials: list[str]) -> None:
-    tok = train_byte_bpe(corpus(), vocab_size=2048, special_tokens=specials)
-    path = os.path.join(DATA, name)
-    tok.save(path)
-    print(f"wrote {path} ({tok.get_vocab_size()} tokens)")
+    build_tokenizer_file(os.path.join(DATA, name), corpus(), vocab_size=2048, special_tokens=specials)
 
 
 def build_cpmant_vocab() -> None:

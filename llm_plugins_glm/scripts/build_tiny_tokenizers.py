@@ -48,19 +48,9 @@ EXTRA = [
 
 
 def corpus() -> list[str]:
-    lines: list[str] = []
-    for name in ("train.jsonl", "valid.jsonl"):
-        path = os.path.join(ROOT, "examples", "data", name)
-        if not os.path.isfile(path):
-            continue
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                rec = json.loads(line)
-                lines.append(rec["input"])
-                lines.append(rec["output"])
-    for _ in range(20):
-        lines.extend(EXTRA)
-    return lines
+    from lmforge.modeling.tiny_tokenizer import example_data_files, tiny_corpus
+
+    return tiny_corpus(EXTRA, data_files=example_data_files(ROOT), repeat=20, printable_ascii=False)
 
 
 def train_sp(texts: list[str], out_path: str, **options) -> None:

@@ -2,33 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 from lmforge import hookimpl
-from lmforge.plugins.descriptors import ArchSpec, ChatTemplate, ModelFamily, Preset, experimental, supported
-
-
-def arch_from_config(cfg: Mapping[str, Any]) -> ArchSpec:
-    heads = int(cfg["num_attention_heads"])
-    kv = int(cfg.get("num_key_value_heads") or heads)
-    return ArchSpec(
-        vocab_size=int(cfg["vocab_size"]),
-        hidden_size=int(cfg["hidden_size"]),
-        num_layers=int(cfg["num_hidden_layers"]),
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        head_dim=cfg.get("head_dim"),
-        intermediate_size=int(cfg["intermediate_size"]),
-        mlp_kind="gated",
-        activation=str(cfg.get("hidden_act", "silu")),
-        norm_kind="rmsnorm",
-        position_kind="rope",
-        attention_kind="gqa" if kv != heads else "mha",
-        tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        attention_bias=bool(cfg.get("attention_bias", False)),
-        mlp_bias=bool(cfg.get("mlp_bias", False)),
-        max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
-    )
+from lmforge.modeling.arch import llama_arch
+from lmforge.plugins.descriptors import ChatTemplate, ModelFamily, Preset, experimental, supported
 
 
 def _llama(hidden, inter, layers, heads, kv=None, vocab=32000, ctx=2048, theta=10000.0, **extra) -> dict:
@@ -73,7 +49,7 @@ LLAMA = ModelFamily(
     model_types=("llama",),
     architectures=("LlamaForCausalLM",),
     loader="llm_plugins_llama.loader:load",
-    arch_from_config=arch_from_config,
+    arch_from_config=llama_arch,
     presets=PRESETS,
     default_lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
     # Llama-2-chat style turns; BOS is added by the encoder, EOS closes each answer.

@@ -8,10 +8,9 @@ small bilingual corpus below. Deterministic: the same inputs give the same file.
 
 from __future__ import annotations
 
-import json
 import os
 
-from lmforge.modeling.tiny_tokenizer import train_byte_bpe
+from lmforge.modeling.tiny_tokenizer import build_tokenizer_file, example_data_files, tiny_corpus
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -29,23 +28,9 @@ EXTRA = [
 ]
 
 
-def corpus():
-    for name in ("train.jsonl", "valid.jsonl"):
-        with open(os.path.join(ROOT, "examples", "data", name), encoding="utf-8") as f:
-            for line in f:
-                rec = json.loads(line)
-                yield rec["input"]
-                yield rec["output"]
-    for _ in range(50):
-        yield from EXTRA
-    yield "".join(chr(c) for c in range(32, 127))
-
-
 def main() -> None:
-    tok = train_byte_bpe(corpus(), vocab_size=4096, special_tokens=["<unk>", "<s>", "</s>", "<pad>"])
-    os.makedirs(os.path.dirname(OUT), exist_ok=True)
-    tok.save(OUT)
-    print(f"wrote {OUT} ({tok.get_vocab_size()} tokens)")
+    build_tokenizer_file(OUT, tiny_corpus(EXTRA, data_files=example_data_files(ROOT)), vocab_size=4096,
+                         special_tokens=["<unk>", "<s>", "</s>", "<pad>"])
 
 
 if __name__ == "__main__":

@@ -272,9 +272,11 @@ for _command in INFERENCE_COMMANDS:
     cli.add_command(_command)
 from lmforge.cli.data import data_group  # noqa: E402 - click only; each command imports what it needs
 from lmforge.cli.export import export_cmd  # noqa: E402
+from lmforge.cli.plugin import plugin_group  # noqa: E402 - click only (scaffold templates are strings)
 
 cli.add_command(export_cmd)
 cli.add_command(data_group)
+cli.add_command(plugin_group)
 
 
 def build_cli() -> click.Group:

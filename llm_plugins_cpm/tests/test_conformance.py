@@ -1,0 +1,26 @@
+"""lmforge's conformance suite (``lmforge.testing.check_family``) on this plugin's families.
+
+CPM-Ant attends bidirectionally over its prompt (prefix-LM), so its uncached reference is one
+forward with the answer marked as trained (``prefix_lm=True``).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lmforge.testing import check_family
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared CPU: one thread per process is steady, more spin
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("family,prefix_lm", [("cpmant", True), ("minicpm", False), ("minicpm3", False)])
+def test_family_conforms(family, prefix_lm, tmp_path):
+    check_family(family, prefix_lm=prefix_lm, workdir=str(tmp_path))
