@@ -36,6 +36,9 @@ METHOD = PeftMethod(
     options=OPTIONS,
     description="train only the parameters whose names match peft.patterns (saves a full checkpoint)",
     saves="full",
+    # the family capability this method relies on: lmforge's capability keys are a closed set
+    # (docs/hooks.md), so a new method names the built-in one whose support it shares
+    capability="freeze",
 )
 
 
