@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from lmforge import hookimpl
-from lmforge.plugins.descriptors import ArchSpec, ChatTemplate, ModelFamily, Preset, supported
+from lmforge.plugins.descriptors import ArchSpec, ModelFamily, Preset, supported
+from lmforge.plugins.templates import LLAMA2
 
 
 def arch_from_config(cfg: Mapping[str, Any]) -> ArchSpec:
@@ -76,13 +77,8 @@ LLAMA = ModelFamily(
     arch_from_config=arch_from_config,
     presets=PRESETS,
     default_lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-    # Llama-2-chat style turns; BOS is added by the encoder, EOS closes each answer.
-    chat_template=ChatTemplate(
-        name="llama2",
-        system="<<SYS>>\n{content}\n<</SYS>>\n\n",
-        user="[INST] {content} [/INST]",
-        assistant=" {content}",
-    ),
+    # Llama-2-chat style turns (core template data); BOS is added by the encoder, EOS closes each answer.
+    chat_template=LLAMA2,
     special_tokens={"bos": "<s>", "eos": "</s>", "unk": "<unk>"},
     capabilities={
         # every built-in PEFT method is exercised on tiny-llama by tests/test_peft_methods.py
