@@ -142,6 +142,7 @@ class Encoder:
         self.family = family
         self.max_length = max_length
         self.train_on_prompt = train_on_prompt
+        self.raw = template == "raw"
         self.template = self.select_template(family, template)
         self.stats = EncodeStats()
         self._token_ids: dict[str, int] = {}
@@ -268,7 +269,7 @@ class Encoder:
         (``None`` for ``template: raw``, whose prompts have no chat form)."""
         from lmforge.plugins.chat_jinja import jinja_from_template
 
-        if self.template.name == "raw":
+        if self.raw or self.template.name == "raw":
             return None
         tok = self.tokenizer
         bos = tok.bos_token if getattr(tok, "bos_token_id", None) is not None else None
