@@ -68,7 +68,6 @@ class GLMEncoder(Encoder):
     def __init__(self, tokenizer, family=None, *, max_length: int = 512, train_on_prompt: bool = False,
                  template: str = "family") -> None:
         self.variant = variant_for(family, tokenizer)
-        self.raw = template == "raw"
         super().__init__(tokenizer, family, max_length=max_length, train_on_prompt=train_on_prompt, template=template)
         t = tokenizer
         # the tokens the model's position layout keys on (GLM v1 / ChatGLM-6B block positions)

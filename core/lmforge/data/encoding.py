@@ -126,7 +126,7 @@ class Encoder:
 
     Attributes: ``tokenizer``, ``family``, ``max_length``, ``train_on_prompt``,
     ``template`` (the :class:`ChatTemplate` in use; :data:`RAW_TEMPLATE` for
-    ``template: raw``) and ``stats`` (:class:`EncodeStats`). ``packed_attention`` is
+    ``template: raw``, when ``raw`` is true) and ``stats`` (:class:`EncodeStats`). ``packed_attention`` is
     ``"lmforge"`` (packed training may swap in lmforge's per-example attention) or
     ``"model"`` (the model honours packed batches itself). ``pack_collate`` is ``None``
     (lmforge's :class:`~lmforge.packing.collate.PackedCollator`) or a function of a list
