@@ -425,15 +425,32 @@ class ModelFamily:
     higher ``priority`` are asked first (the generic causal-LM family has the
     lowest).
 
-    ``loader``: ``"module:attr"`` of ``load(source: ModelSource, options: LoadOptions)
-    -> (model, tokenizer)``. ``saver``: optional ``save(model, tokenizer, out_dir)``
+    What a family provides, field by field (``"module:attr"`` strings are imported only
+    when a job needs them):
+
+    - ``loader``: ``load(source: ModelSource, options: LoadOptions) -> (model, tokenizer)``
+      (:func:`lmforge.modeling.loading.hf_load` covers models transformers ships).
+    - ``tokenizer_loader``: optional ``load(path) -> tokenizer`` for families whose
+      tokenizer ``AutoTokenizer`` cannot read without the checkpoint's own code. Every
+      tokenizer lmforge reads from a directory goes through
+      :func:`lmforge.modeling.loading.load_tokenizer`, which asks it first, then
+      ``AutoTokenizer``; a preset's tokenizer comes from ``Preset.tokenizer``.
+    - ``encoder``: optional subclass of :class:`lmforge.data.encoding.Encoder` (the
+      class or its ``"module:attr"``): how examples become ids, labels and batches. The
+      default encoder renders ``chat_template``; a subclass adds what the family needs
+      beyond it (GLM: command-token lookup, the ``raw`` variant).
+    - positions: the encoder's job. ``Encoder.collate`` builds each batch (GLM adds its
+      2D / block ``position_ids`` there), ``Encoder.pack_collate`` optionally packed rows,
+      ``Encoder.packed_attention`` says whether the model honours packed batches itself.
+    - ``chat_template``: a :class:`ChatTemplate`, the only prompt format of the family,
+      rendered by the encoder in training and generation and written to saved tokenizers
+      as Jinja (:mod:`lmforge.plugins.chat_jinja`); shared ones live in
+      :mod:`lmforge.plugins.templates`. ``None`` means plain text (the raw template).
+    - ``capabilities``: see below.
+
+    ``saver``: optional ``save(model, tokenizer, out_dir)``
     for families whose on-disk layout is not what ``save_pretrained`` writes.
-    ``tokenizer_loader``: optional ``load(path) -> tokenizer`` for families whose
-    tokenizer ``AutoTokenizer`` cannot read without the checkpoint's own code;
-    every tokenizer lmforge reads from a directory of this family goes through it.
-    ``encoder``: optional ``"module:attr"`` of a class with the interface of
-    :class:`lmforge.data.encoding.TemplateEncoder` for families that build their own
-    position ids or masks (GLM's 2D positions). ``exporter``: optional
+    ``exporter``: optional
     ``export(model, tokenizer, out_dir)`` for ``lmforge export --format transformers``
     when the family's saved layout is not transformers' native one (GLM); it
     raises :class:`~lmforge.errors.LmforgeError` for variants transformers lacks.
@@ -455,8 +472,8 @@ class ModelFamily:
     priority: int = 0
     presets: tuple[Preset, ...] = ()
     saver: str | Callable | None = None
-    tokenizer_loader: str | Callable | None = None
-    encoder: str | Callable | None = None
+    tokenizer_loader: str | Callable[[str], Any] | None = None
+    encoder: str | type | None = None  # a subclass of lmforge.data.encoding.Encoder (or its "module:attr")
     exporter: str | Callable | None = None
     default_lora_targets: tuple[str, ...] = ()
     chat_template: ChatTemplate | None = None
