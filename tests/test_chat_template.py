@@ -171,3 +171,28 @@ def test_raw_template_attaches_nothing():
     for preset in ("tiny-llama", "tiny-chatglm3"):
         src = resolve_model(preset)
         assert chat_template_for(make_encoder(load_tokenizer(src), src.family, template="raw")) is None
+
+
+def test_family_encoder_is_an_encoder_subclass_with_defaults():
+    import dataclasses
+
+    from lmforge.data.encoding import Encoder, make_encoder
+    from lmforge.errors import PluginError
+    from lmforge.modeling.loading import load_tokenizer, resolve_model
+
+    src = resolve_model("tiny-llama")
+    tok = load_tokenizer(src)
+
+    class Own(Encoder):  # a family encoder overriding nothing behaves as the default one
+        pass
+
+    fam = dataclasses.replace(src.family, encoder=Own)
+    enc = make_encoder(tok, fam, max_length=64)
+    assert isinstance(enc, Own) and enc.pack_collate is None and enc.packed_attention == "lmforge"
+    assert enc.cache_identity() == {}
+    ids = enc.encode_prompt("hi")
+    batch = enc.collate([{"input_ids": ids, "labels": ids}, {"input_ids": ids[:2], "labels": ids[:2]}])
+    assert batch["attention_mask"].tolist()[1] == [1, 1] + [0] * (len(ids) - 2)
+    assert enc.collate_prompts([ids, ids[:1]])["input_ids"].tolist()[1][-1] == ids[0]  # left padded
+    with pytest.raises(PluginError, match="'llama': encoder .* is not a subclass of lmforge.data.encoding.Encoder"):
+        make_encoder(tok, dataclasses.replace(src.family, encoder=dict))

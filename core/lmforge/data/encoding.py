@@ -314,6 +314,8 @@ def make_encoder(tokenizer, family: ModelFamily | None, **kwargs) -> Encoder:
     """The family's encoder class (``ModelFamily.encoder``, a subclass of :class:`Encoder`) or :class:`Encoder`."""
     cls = resolve_ref(family.encoder) if family is not None and family.encoder is not None else Encoder
     if not (isinstance(cls, type) and issubclass(cls, Encoder)):
-        raise TypeError(f"family {family.name!r}: encoder {family.encoder!r} is not a subclass of "
-                        "lmforge.data.encoding.Encoder")
+        from lmforge.errors import PluginError
+
+        raise PluginError(f"model family {family.name!r}: encoder {family.encoder!r} is not a subclass of "
+                          "lmforge.data.encoding.Encoder")
     return cls(tokenizer, family, **kwargs)

@@ -1,7 +1,7 @@
 """Generation from a run directory, a checkpoint or a preset: ``Completion``.
 
 Prompts are rendered by the same family encoder that training used
-(:meth:`~lmforge.data.encoding.TemplateEncoder.encode_prompt`), so a fine-tuned model
+(:meth:`~lmforge.data.encoding.Encoder.encode_prompt`), so a fine-tuned model
 sees at inference exactly the prompt shape it was trained on; chat messages go
 through the family's chat template. Batches are left padded; each result says
 why generation stopped (``"stop"``: an end token or a stop string, ``"length"``:
