@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 from lmforge import hookimpl
 from lmforge.plugins.descriptors import ArchSpec, ChatTemplate, ModelFamily, Preset, experimental, supported, unsupported
-from lmforge.plugins.templates import CHATML
+from lmforge.plugins.templates import CHATML, PLAIN
 
 _L = "llm_plugins_cpm.loader"
 TINY_BPE_VOCAB = 1152  # the shipped tiny BPE tokenizers have 1,140 tokens; rounded up to a multiple of 64
@@ -77,7 +78,7 @@ CPMANT = ModelFamily(
     ),
     default_lora_targets=("project_q", "project_k", "project_v", "attention_out", "w_0", "w_1", "w_out"),
     # a base model: the prompt is continued directly
-    chat_template=ChatTemplate(name="cpmant", system="{content}\n", user="{content}\n", assistant="{content}"),
+    chat_template=dataclasses.replace(PLAIN, name="cpmant"),
     special_tokens={"bos": "<s>", "eos": "</s>", "unk": "<unk>", "pad": "<pad>", "line": "</n>", "space": "</_>"},
     capabilities={
         **COMMON,

@@ -57,7 +57,7 @@ def raw_template(t: ChatTemplate, variant: str) -> ChatTemplate:
     """``template: raw`` for a GLM variant: turns as plain lines inside the prompt, structural tokens kept."""
     return dataclasses.replace(
         t, name=f"raw:{variant}", style="inline", user="{content}", assistant_prefix="", first_user=None,
-        history_turn="{query}\n{answer}\n", assistant="{content}", assistant_suffix="",
+        history_turn="{query}\n{answer}\n", history_query="{query}\n", assistant="{content}", assistant_suffix="",
         system="{content}\n\n" if variant == "chatglm2" else "{content}\n",
         end_of_turn=t.end_of_turn if t.style == "inline" else EOS)
 

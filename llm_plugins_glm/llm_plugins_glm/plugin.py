@@ -295,7 +295,7 @@ def _caps(**over) -> dict:
 # no [gMASK] is added when the prompt already holds a mask token. Not a chat model: earlier turns are plain lines.
 GLM_TEMPLATE = ChatTemplate(
     name="glm", style="inline", add_bos=False, prefix=Special("[CLS]"),
-    system="{content}\n", history_turn="{query}\n{answer}\n", user="{content}",
+    system="{content}\n", history_turn="{query}\n{answer}\n", history_query="{query}\n", user="{content}",
     prompt_suffix=(Special("[gMASK]"), EOS, Special("<|startofpiece|>")), optional_masks=("[MASK]", "[sMASK]", "[gMASK]"),
     end_of_turn=Special("<|endofpiece|>"),
     text_prefix=(Special("[CLS]"), Special("[gMASK]"), EOS, Special("<|startofpiece|>")),

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from lmforge import hookimpl
-from lmforge.plugins.descriptors import ArchSpec, ChatTemplate, ModelFamily, unsupported
+from lmforge.plugins.descriptors import ArchSpec, ModelFamily, unsupported
+from lmforge.plugins.templates import PLAIN
 
 
 def _first(cfg: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
@@ -56,7 +57,7 @@ CAUSAL_LM = ModelFamily(
     match=lambda cfg: True,
     priority=-100,
     model_types=(),
-    chat_template=ChatTemplate(name="plain", user="{content}\n", assistant="{content}"),
+    chat_template=PLAIN,
     capabilities={
         "packing": unsupported("the generic family does not know how this architecture takes per-sample positions"),
     },

@@ -152,7 +152,8 @@ def _inline(w: _Writer) -> list[str]:
              "{%- for message in msgs -%}",
              "{%- if message['role'] in ['user', 'observation'] -%}",
              "{%- if ns.pending is not none -%}{%- set ans = '' -%}"
-             "{%- set ns.text = ns.text ~ " + _concat(w, t.history_turn, hist) + " -%}"
+             "{%- set ns.text = ns.text ~ " + _concat(w, t.history_query if t.history_query is not None
+                                                    else t.history_turn, hist) + " -%}"
              "{%- set ns.round = ns.round + 1 -%}{%- endif -%}",
              "{%- set ns.pending = message['content'] -%}",
              "{%- elif message['role'] == 'assistant' -%}{%- set ans = message['content'] -%}"

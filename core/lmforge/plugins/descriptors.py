@@ -228,7 +228,8 @@ class ChatTemplate:
         with ``assistant_prefix``.
     ``"inline"`` (GLM v1, ChatGLM-6B, ChatGLM2)
         the released code keeps earlier exchanges inside one prompt string: the ``system``
-        texts, each earlier exchange as ``history_turn``, then the last query as
+        texts, each earlier exchange as ``history_turn`` (a query left without an answer as
+        ``history_query``, default ``history_turn`` with an empty answer), then the last query as
         ``user`` + ``assistant_prefix`` (or ``first_user`` when there is no history) are one
         text piece; ``prompt_suffix`` follows it (its first token is left out when the
         prompt already holds one of ``optional_masks``); only a final answer trains.
@@ -255,6 +256,7 @@ class ChatTemplate:
     end_of_turn: Special = EOS
     separator_between: Any = ""
     history_turn: Any = "{query}\n{answer}\n"
+    history_query: Any = None
     first_user: Any = None
     prompt_suffix: Any = ""
     optional_masks: tuple[str, ...] = ()
@@ -268,8 +270,9 @@ class ChatTemplate:
         for f in ("user", "assistant_prefix", "assistant", "assistant_suffix", "turn_separator", "system",
                   "observation", "prefix", "separator_between", "history_turn", "prompt_suffix", "text_prefix"):
             object.__setattr__(self, f, _pieces(getattr(self, f), f))
-        if self.first_user is not None:
-            object.__setattr__(self, "first_user", _pieces(self.first_user, "first_user"))
+        for f in ("first_user", "history_query"):
+            if getattr(self, f) is not None:
+                object.__setattr__(self, f, _pieces(getattr(self, f), f))
         for f in ("end_of_turn", "text_end"):
             if not isinstance(getattr(self, f), Special):
                 raise ValueError(f"ChatTemplate {self.name!r}: {f} must be a Special token (EOS, Special('...'))")
@@ -282,8 +285,8 @@ class ChatTemplate:
                     raise ValueError(f"ChatTemplate {self.name!r}: in the roles style, {role} must start with its "
                                      "role marker, a Special token")
         if self.style == "inline":
-            for f in ("system", "user", "assistant_prefix", "history_turn") + (("first_user",) if self.first_user else ()):
-                if any(isinstance(p, Special) for p in getattr(self, f)):
+            for f in ("system", "user", "assistant_prefix", "history_turn", "first_user", "history_query"):
+                if any(isinstance(p, Special) for p in getattr(self, f) or ()):
                     raise ValueError(f"ChatTemplate {self.name!r}: in the inline style, {f} is text only")
 
     def role_pieces(self, role: str) -> tuple:
@@ -359,8 +362,9 @@ class ChatTemplate:
         for m in msgs:
             self.role_pieces(m.role)
             if m.role in ("user", "observation"):
-                if pending is not None:
-                    text += self._text(self.history_turn, query=pending, answer="", round=n, round1=n + 1)
+                if pending is not None:  # an earlier query left without an answer
+                    fmt = self.history_query if self.history_query is not None else self.history_turn
+                    text += self._text(fmt, query=pending, answer="", round=n, round1=n + 1)
                     n += 1
                 pending = m.content
             elif m.role == "assistant":
