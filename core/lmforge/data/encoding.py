@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from lmforge.plugins.descriptors import ChatTemplate, Example, Message, ModelFamily, Special, resolve_ref
 
@@ -126,15 +126,15 @@ class Encoder:
 
     Attributes: ``tokenizer``, ``family``, ``max_length``, ``train_on_prompt``,
     ``template`` (the :class:`ChatTemplate` in use; :data:`RAW_TEMPLATE` for
-    ``template: raw``, when ``raw`` is true) and ``stats`` (:class:`EncodeStats`). ``packed_attention`` is
-    ``"lmforge"`` (packed training may swap in lmforge's per-example attention) or
+    ``template: raw``, when ``raw`` is true) and ``stats`` (:class:`EncodeStats`).
+    ``packed_attention`` is ``"lmforge"`` (packed training may swap in lmforge's per-example attention) or
     ``"model"`` (the model honours packed batches itself). ``pack_collate`` is ``None``
     (lmforge's :class:`~lmforge.packing.collate.PackedCollator`) or a function of a list
     of packed rows.
     """
 
     packed_attention: str = "lmforge"
-    pack_collate = None
+    pack_collate: Callable[[list], dict] | None = None
 
     def __init__(self, tokenizer, family: ModelFamily | None, *, max_length: int = 512,
                  train_on_prompt: bool = False, template: str = "family") -> None:

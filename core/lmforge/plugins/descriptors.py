@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, Tuple, Union
 
 # --------------------------------------------------------------------------
 # helpers
@@ -184,8 +184,9 @@ EOS = Special(kind="eos")
 BOS = Special(kind="bos")
 
 #: one piece of a template field: text (tokenized on its own, ``{content}``-style placeholders
-#: filled in) or a :class:`Special` token
-Piece = "str | Special"
+#: filled in) or a :class:`Special` token; a field holds one piece or a tuple of them
+Piece = Union[str, Special]
+Pieces = Union[str, Special, Tuple[Piece, ...]]
 ROLES = ("system", "user", "assistant", "observation")
 STYLES = ("turns", "roles", "inline")
 
@@ -241,26 +242,26 @@ class ChatTemplate:
     """
 
     name: str
-    user: Any = "{content}"
-    assistant_prefix: Any = ""
-    assistant: Any = "{content}"
-    assistant_suffix: Any = ""
-    turn_separator: Any = ""
-    system: Any = "{content}\n"
-    observation: Any = "{content}"
-    prefix: Any = ""
+    user: Pieces = "{content}"
+    assistant_prefix: Pieces = ""
+    assistant: Pieces = "{content}"
+    assistant_suffix: Pieces = ""
+    turn_separator: Pieces = ""
+    system: Pieces = "{content}\n"
+    observation: Pieces = "{content}"
+    prefix: Pieces = ""
     default_system: str | None = None
     add_bos: bool = True
     stop_strings: tuple[str, ...] = ()
     style: str = "turns"
     end_of_turn: Special = EOS
-    separator_between: Any = ""
-    history_turn: Any = "{query}\n{answer}\n"
-    history_query: Any = None
-    first_user: Any = None
-    prompt_suffix: Any = ""
+    separator_between: Pieces = ""
+    history_turn: Pieces = "{query}\n{answer}\n"
+    history_query: Pieces | None = None
+    first_user: Pieces | None = None
+    prompt_suffix: Pieces = ""
     optional_masks: tuple[str, ...] = ()
-    text_prefix: Any = ""
+    text_prefix: Pieces = ""
     text_end: Special = EOS
     stop_tokens: tuple[Special, ...] = ()
 
