@@ -196,3 +196,19 @@ def test_family_encoder_is_an_encoder_subclass_with_defaults():
     assert enc.collate_prompts([ids, ids[:1]])["input_ids"].tolist()[1][-1] == ids[0]  # left padded
     with pytest.raises(PluginError, match="'llama': encoder .* is not a subclass of lmforge.data.encoding.Encoder"):
         make_encoder(tok, dataclasses.replace(src.family, encoder=dict))
+
+
+def test_glm_chat_text_keeps_word_commands_and_plain_encoding_as_released():
+    from lmforge.data.encoding import make_encoder
+    from lmforge.modeling.loading import load_tokenizer, resolve_model
+    from lmforge.plugins.chat_jinja import attach
+
+    src = resolve_model("tiny-chatglm3")
+    tok = load_tokenizer(src)
+    enc = make_encoder(tok, src.family, max_length=10**9)
+    attach(tok, enc)
+    conv = [Message("user", "sop sopping eop")]  # ChatGLM3's word-like command names, as text
+    got = tok.apply_chat_template([{"role": "user", "content": conv[0].content}], add_generation_prompt=True)
+    assert list(got["input_ids"] if hasattr(got, "keys") else got) == enc.encode_prompt(conv)
+    # outside apply_chat_template the released tokenization stands: command strings in text stay text
+    assert tok.get_command("<|user|>") not in tok.encode("<|user|>", add_special_tokens=False)

@@ -39,6 +39,7 @@ import json
 import os
 import re
 import shutil
+import threading
 from typing import Any, Iterable
 
 from transformers.tokenization_python import PythonBackend
@@ -51,6 +52,9 @@ def _read_json(path: str) -> dict:
         return {}
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+_CHAT = threading.local()  # the tokenizer whose apply_chat_template runs in this thread
 
 
 class _GLMTokenizerBase(PythonBackend):
@@ -143,7 +147,9 @@ class _GLMTokenizerBase(PythonBackend):
         return sorted(i for i in ids if i is not None)
 
     # ------------------------------------------------------------ chat templates
-    _in_chat = False
+    @property
+    def _in_chat(self) -> bool:
+        return getattr(_CHAT, "tokenizer", None) is self
 
     def apply_chat_template(self, conversation, *args, **kwargs):
         """transformers' ``apply_chat_template``, reading the command tokens of the rendered chat as those tokens.
@@ -153,11 +159,11 @@ class _GLMTokenizerBase(PythonBackend):
         them out, so user content stays text), but the rendered chat gives the ids the encoder
         trains on.
         """
-        self._in_chat = True
+        previous, _CHAT.tokenizer = getattr(_CHAT, "tokenizer", None), self  # per thread: plain encodes elsewhere
         try:
             return super().apply_chat_template(conversation, *args, **kwargs)
         finally:
-            self._in_chat = False
+            _CHAT.tokenizer = previous
 
     def tokenize(self, text, **kwargs):
         if not self._in_chat or not isinstance(text, str):
