@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 from lmforge import hookimpl
-from lmforge.plugins.descriptors import ArchSpec, ChatTemplate, ModelFamily, Preset, experimental, supported, unsupported
+from lmforge.plugins.descriptors import ArchSpec, ModelFamily, Preset, experimental, supported, unsupported
+from lmforge.plugins.templates import PLAIN
 
 TINY_VOCAB = 1152  # the shipped tiny tokenizer has 1,116 tokens; rounded up to a multiple of 64
 
@@ -80,13 +82,7 @@ PRESETS = (
 
 # BLOOMZ was tuned on prompts continued directly by the answer, with no role tokens; BLOOM's
 # tokenizer adds no BOS. EOS (</s>) closes each answer.
-BLOOM_TEMPLATE = ChatTemplate(
-    name="bloom",
-    system="{content}\n",
-    user="{content}\n",
-    assistant="{content}",
-    add_bos=False,
-)
+BLOOM_TEMPLATE = dataclasses.replace(PLAIN, name="bloom", add_bos=False)
 
 PACKING_NOTE = (
     "ALiBi restarts per sample: given per-sample position_ids and no attention_mask, the plugin's "

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 from lmforge import hookimpl
 from lmforge.modeling.arch import llama_arch
 from lmforge.plugins.descriptors import ArchSpec, ChatTemplate, ModelFamily, Preset, experimental, supported, unsupported
+from lmforge.plugins.templates import CHATML, PLAIN
 
 _L = "llm_plugins_cpm.loader"
 TINY_BPE_VOCAB = 1152  # the shipped tiny BPE tokenizers have 1,140 tokens; rounded up to a multiple of 64
@@ -77,7 +79,7 @@ CPMANT = ModelFamily(
     ),
     default_lora_targets=("project_q", "project_k", "project_v", "attention_out", "w_0", "w_1", "w_out"),
     # a base model: the prompt is continued directly
-    chat_template=ChatTemplate(name="cpmant", system="{content}\n", user="{content}\n", assistant="{content}"),
+    chat_template=dataclasses.replace(PLAIN, name="cpmant"),
     special_tokens={"bos": "<s>", "eos": "</s>", "unk": "<unk>", "pad": "<pad>", "line": "</n>", "space": "</_>"},
     capabilities={
         **COMMON,
@@ -124,6 +126,7 @@ def _minicpm(hidden, inter, layers, heads, kv=None, vocab=122753, ctx=4096, **ex
     return cfg
 
 
+# MiniCPM 1/2 (released chat format, e.g. llama.cpp's MiniCPM template): "<用户>" query "<AI>" answer; BOS first
 MINICPM_TEMPLATE = ChatTemplate(
     name="minicpm",
     system="{content}",
@@ -140,7 +143,6 @@ MINICPM = ModelFamily(
     architectures=("MiniCPMForCausalLM",),
     loader=f"{_L}:load_minicpm",
     saver=f"{_L}:save_minicpm",
-    encoder="llm_plugins_cpm.encoding:TurnEncoder",
     arch_from_config=minicpm_arch,
     presets=(
         Preset("tiny-minicpm",
@@ -217,14 +219,9 @@ def _minicpm3(hidden, inter, layers, heads, q_rank, kv_rank, nope, rope, vocab=7
     return cfg
 
 
-CHATML_TEMPLATE = ChatTemplate(
-    name="chatml",
-    system="<|im_start|>system\n{content}<|im_end|>\n",
-    user="<|im_start|>user\n{content}<|im_end|>\n",
-    assistant_prefix="<|im_start|>assistant\n",
-    assistant="{content}",
-    add_bos=False,  # MiniCPM3's tokenizer adds no BOS
-)
+# MiniCPM3 speaks ChatML (its tokenizer adds no BOS; <|im_end|> is its EOS)
+CHATML_TEMPLATE = CHATML
+
 
 MINICPM3 = ModelFamily(
     name="minicpm3",
@@ -232,7 +229,6 @@ MINICPM3 = ModelFamily(
     model_types=("minicpm3",),
     architectures=("MiniCPM3ForCausalLM",),
     loader=f"{_L}:load_minicpm3",
-    encoder="llm_plugins_cpm.encoding:ChatMLEncoder",
     arch_from_config=minicpm3_arch,
     presets=(
         Preset("tiny-minicpm3",

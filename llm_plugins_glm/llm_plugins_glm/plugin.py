@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from lmforge import hookimpl
-from lmforge.plugins.descriptors import (ArchSpec, ChatTemplate, ModelFamily, Preset, experimental, supported,
-                                 unsupported)
+from lmforge.plugins.descriptors import (EOS, ArchSpec, ChatTemplate, ModelFamily, Preset, Special, experimental,
+                                         supported, unsupported)
 
 GLM_V1_ARCHITECTURES = ("GLMModel", "GLMForConditionalGeneration", "GLMForMultipleChoice",
                         "GLMForSequenceClassification")
@@ -287,6 +287,56 @@ def _caps(**over) -> dict:
     return caps
 
 
+# ------------------------------------------------------------------ chat templates (data; core renders them)
+# Each is the variant's released prompt code, token for token; tests/test_chat_template.py holds the released
+# strings beside them.
+
+# GLM v1 (THUDM/GLM blank infilling): [CLS] prompt [gMASK] <|endoftext|> <|startofpiece|> answer <|endofpiece|>;
+# no [gMASK] is added when the prompt already holds a mask token. Not a chat model: earlier turns are plain lines.
+GLM_TEMPLATE = ChatTemplate(
+    name="glm", style="inline", add_bos=False, prefix=Special("[CLS]"),
+    system="{content}\n", history_turn="{query}\n{answer}\n", history_query="{query}\n", user="{content}",
+    prompt_suffix=(Special("[gMASK]"), EOS, Special("<|startofpiece|>")), optional_masks=("[MASK]", "[sMASK]", "[gMASK]"),
+    end_of_turn=Special("<|endofpiece|>"),
+    text_prefix=(Special("[CLS]"), Special("[gMASK]"), EOS, Special("<|startofpiece|>")),
+    text_end=Special("<|endofpiece|>"))
+
+# ChatGLM-6B (chatglm-6b modeling_chatglm.py chat()): a single turn is the bare query; with history
+# "[Round i]\n问：q\n答：r\n" (i from 0) then "[Round n]\n问：query\n答："; the tokenizer appends [gMASK] <sop>.
+CHATGLM_TEMPLATE = ChatTemplate(
+    name="chatglm", style="inline", add_bos=False, system="{content}\n",
+    history_turn="[Round {round}]\n问：{query}\n答：{answer}\n", user="[Round {round}]\n问：{content}\n",
+    assistant_prefix="答：", first_user="{content}", prompt_suffix=(Special("[gMASK]"), Special("<sop>")),
+    end_of_turn=Special("<eop>"), text_prefix=(Special("[gMASK]"), Special("<sop>")), text_end=Special("<eop>"))
+
+# ChatGLM2-6B (tokenization_chatglm.py build_prompt): [gMASK] sop + "[Round i]\n\n问：q\n\n答：r\n\n" (i from 1)
+# + "[Round n]\n\n问：query\n\n答：", the history inside the one prompt string; the answer ends with </s>.
+_GLM2_PREFIX = (Special("[gMASK]"), Special("sop"))
+CHATGLM2_TEMPLATE = ChatTemplate(
+    name="chatglm2", style="inline", add_bos=False, prefix=_GLM2_PREFIX, system="{content}\n\n",
+    history_turn="[Round {round1}]\n\n问：{query}\n\n答：{answer}\n\n", user="[Round {round1}]\n\n问：{content}\n\n",
+    assistant_prefix="答：", text_prefix=_GLM2_PREFIX)
+
+
+def _role_template(name: str, prefix: tuple, end_of_turn: Special) -> ChatTemplate:
+    """ChatGLM3 / GLM-4 (build_single_message): per message <|role|>, "\n" and the content, each encoded on its own;
+    generation starts after <|assistant|>; the role token after an answer is trained (it ends the answer)."""
+    def role(r):
+        return (Special(f"<|{r}|>"), "\n", "{content}")
+
+    return ChatTemplate(
+        name=name, style="roles", add_bos=False, prefix=prefix, system=role("system"), user=role("user"),
+        assistant=role("assistant"), observation=role("observation"), assistant_prefix=Special("<|assistant|>"),
+        end_of_turn=end_of_turn, stop_tokens=(EOS, Special("<|user|>"), Special("<|observation|>")),
+        text_prefix=prefix)
+
+
+# ChatGLM3-6B: [gMASK] sop; a final answer closes with </s> (EOS)
+CHATGLM3_TEMPLATE = _role_template("chatglm3", _GLM2_PREFIX, EOS)
+# GLM-4: [gMASK] <sop>; a final answer closes with <|user|> (the chat EOS of the released fine-tuning code)
+GLM4_TEMPLATE = _role_template("glm4", (Special("[gMASK]"), Special("<sop>")), Special("<|user|>"))
+
+
 GLM = ModelFamily(
     name="glm",
     description="GLM v1 blank-infilling LM (GLM-large/-10B, GLM-large-chinese, AntGLM): lmforge's own modeling",
@@ -298,8 +348,7 @@ GLM = ModelFamily(
     arch_from_config=arch_from_config,
     presets=GLM_PRESETS,
     default_lora_targets=_THUDM_LORA_TARGETS,
-    chat_template=ChatTemplate(name="glm-blank-infilling", user="{content}", assistant="{content}",
-                               assistant_prefix=" [gMASK]", add_bos=False),
+    chat_template=GLM_TEMPLATE,
     special_tokens={"cls": "[CLS]", "eos": "<|endoftext|>", "sop": "<|startofpiece|>", "eop": "<|endofpiece|>",
                     "gmask": "[gMASK]", "smask": "[sMASK]", "mask": "[MASK]"},
     capabilities=_caps(
@@ -318,8 +367,7 @@ CHATGLM = ModelFamily(
     arch_from_config=arch_from_config,
     presets=CHATGLM_PRESETS,
     default_lora_targets=_THUDM_LORA_TARGETS,
-    chat_template=ChatTemplate(name="chatglm", user="[Round {round}]\n问：{content}\n", assistant_prefix="答：",
-                               assistant="{content}", assistant_suffix="\n", add_bos=False),
+    chat_template=CHATGLM_TEMPLATE,
     special_tokens={"bos": "<sop>", "eos": "<eop>", "gmask": "[gMASK]", "mask": "[MASK]", "pad": "<pad>"},
     capabilities=_caps(
         packing=_PACKING_2D, prompt=_VIRTUAL_TOKENS_2D, ptuning=_VIRTUAL_TOKENS_2D,
@@ -337,18 +385,13 @@ CHATGLM2 = ModelFamily(
     arch_from_config=arch_from_config,
     presets=CHATGLM2_PRESETS,
     default_lora_targets=_THUDM_LORA_TARGETS,
-    chat_template=ChatTemplate(name="chatglm2", prefix="[gMASK]sop", user="[Round {round1}]\n\n问：{content}\n\n",
-                               assistant_prefix="答：", assistant="{content}", assistant_suffix="\n\n",
-                               add_bos=False),
+    chat_template=CHATGLM2_TEMPLATE,
     special_tokens={"gmask": "[gMASK]", "sop": "sop", "eos": "</s>", "pad": "<unk>"},
     capabilities=_caps(
         packing=_PACKING_1D,
         long_context=supported("rope_ratio scales the rotary base (the -32k checkpoints); SDPA attention"),
     ),
 )
-
-_ROLE_TEMPLATE = dict(user="<|user|>\n{content}", assistant_prefix="<|assistant|>", assistant="\n{content}",
-                      system="<|system|>\n{content}", observation="<|observation|>\n{content}", add_bos=False)
 
 CHATGLM3 = ModelFamily(
     name="chatglm3",
@@ -360,7 +403,7 @@ CHATGLM3 = ModelFamily(
     arch_from_config=arch_from_config,
     presets=CHATGLM3_PRESETS,
     default_lora_targets=_THUDM_LORA_TARGETS,
-    chat_template=ChatTemplate(name="chatglm3", prefix="[gMASK]sop", **_ROLE_TEMPLATE),
+    chat_template=CHATGLM3_TEMPLATE,
     special_tokens={"gmask": "[gMASK]", "sop": "sop", "eos": "</s>", "system": "<|system|>", "user": "<|user|>",
                     "assistant": "<|assistant|>", "observation": "<|observation|>"},
     capabilities=_caps(
@@ -381,7 +424,7 @@ GLM4 = ModelFamily(
     arch_from_config=arch_from_config,
     presets=GLM4_PRESETS,
     default_lora_targets=_THUDM_LORA_TARGETS + ("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"),
-    chat_template=ChatTemplate(name="glm4", prefix="[gMASK]<sop>", **_ROLE_TEMPLATE),
+    chat_template=GLM4_TEMPLATE,
     special_tokens={"gmask": "[gMASK]", "sop": "<sop>", "eos": "<|endoftext|>", "system": "<|system|>",
                     "user": "<|user|>", "assistant": "<|assistant|>", "observation": "<|observation|>"},
     capabilities=_caps(

@@ -39,6 +39,7 @@ import json
 import os
 import re
 import shutil
+import threading
 from typing import Any, Iterable
 
 from transformers.tokenization_python import PythonBackend
@@ -51,6 +52,9 @@ def _read_json(path: str) -> dict:
         return {}
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+_CHAT = threading.local()  # the tokenizer whose apply_chat_template runs in this thread
 
 
 class _GLMTokenizerBase(PythonBackend):
@@ -142,6 +146,50 @@ class _GLMTokenizerBase(PythonBackend):
         ids = set(super().all_special_ids) | set(self.command_ids.values())
         return sorted(i for i in ids if i is not None)
 
+    # ------------------------------------------------------------ chat templates
+    @property
+    def _in_chat(self) -> bool:
+        return getattr(_CHAT, "tokenizer", None) is self
+
+    def apply_chat_template(self, conversation, *args, **kwargs):
+        """transformers' ``apply_chat_template``, reading the command tokens of the rendered chat as those tokens.
+
+        lmforge's chat template (``lmforge.plugins.chat_jinja``) writes ``[gMASK]``, ``sop``,
+        ``<|user|>`` ... as text; plain text keeps the released tokenization (which does not split
+        them out, so user content stays text), but the rendered chat gives the ids the encoder
+        trains on.
+        """
+        previous, _CHAT.tokenizer = getattr(_CHAT, "tokenizer", None), self  # per thread: plain encodes elsewhere
+        try:
+            return super().apply_chat_template(conversation, *args, **kwargs)
+        finally:
+            _CHAT.tokenizer = previous
+
+    def tokenize(self, text, **kwargs):
+        if not self._in_chat or not isinstance(text, str):
+            return super().tokenize(text, **kwargs)
+        names = {t for t in (*self.command_ids, *self.all_special_tokens) if t}
+        # word-like commands (ChatGLM2/3's "sop") are split only right after another command ("[gMASK]sop"),
+        # so a user's "sop..." stays text
+        marked = sorted((t for t in names if not re.fullmatch(r"\w+", t)), key=len, reverse=True)
+        words = sorted((t for t in names if re.fullmatch(r"\w+", t)), key=len, reverse=True)
+        out: list[str] = []
+        after_command = False
+        for part in re.split("(" + "|".join(re.escape(t) for t in marked) + ")", text):
+            if part in marked:
+                out.append(part)
+                after_command = True
+                continue
+            if after_command:
+                word = next((w for w in words if part.startswith(w)), None)
+                if word is not None:
+                    out.append(word)
+                    part = part[len(word):]
+            if part:
+                out.extend(super().tokenize(part, **kwargs))
+            after_command = False
+        return out
+
     # ------------------------------------------------------------ decoding
     def _decode(self, token_ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces=None,
                 **kwargs) -> str:
@@ -187,6 +235,8 @@ class _GLMTokenizerBase(PythonBackend):
         os.makedirs(save_directory, exist_ok=True)
         files = list(self.save_vocabulary(save_directory))
         cfg = copy.deepcopy(self.source_config) if self.source_config else self.released_tokenizer_config()
+        if isinstance(self.chat_template, str):  # lmforge's (or the checkpoint's) Jinja chat template
+            cfg["chat_template"] = self.chat_template
         cfg_path = os.path.join(save_directory, TOKENIZER_CONFIG)
         with open(cfg_path, "w", encoding="utf-8") as f:
             json.dump(cfg, f, indent=2, ensure_ascii=False)
@@ -574,6 +624,14 @@ def _is_tiktoken_file(path: str) -> bool:
 
 
 def load_tokenizer(path: str, variant: str):
+    tok = _load_tokenizer(path, variant)
+    chat = (tok.source_config or {}).get("chat_template")
+    if isinstance(chat, str):
+        tok.chat_template = chat
+    return tok
+
+
+def _load_tokenizer(path: str, variant: str):
     """The tokenizer of a checkpoint directory for ``variant`` (``glm``, ``chatglm``, ``chatglm2``, ``chatglm3``, ``glm4``).
 
     Reads the released vocabulary file and ``tokenizer_config.json`` (kept for saving);

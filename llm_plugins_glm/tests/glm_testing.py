@@ -30,7 +30,7 @@ def generate_ids(model, encoder, prompts, max_new_tokens: int = 6) -> list[list[
     stop = encoder.stop_token_ids()
     with torch.no_grad():
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
-                             pad_token_id=encoder.pad_id)
+                             pad_token_id=encoder.pad_token_id())
     width = batch["input_ids"].shape[1]
     rows = []
     for row in out[:, width:].tolist():

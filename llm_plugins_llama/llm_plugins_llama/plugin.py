@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from lmforge import hookimpl
 from lmforge.modeling.arch import llama_arch
-from lmforge.plugins.descriptors import ChatTemplate, ModelFamily, Preset, experimental, supported
+from lmforge.plugins.descriptors import ModelFamily, Preset, experimental, supported
+from lmforge.plugins.templates import LLAMA2
 
 
 def _llama(hidden, inter, layers, heads, kv=None, vocab=32000, ctx=2048, theta=10000.0, **extra) -> dict:
@@ -52,13 +53,8 @@ LLAMA = ModelFamily(
     arch_from_config=llama_arch,
     presets=PRESETS,
     default_lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-    # Llama-2-chat style turns; BOS is added by the encoder, EOS closes each answer.
-    chat_template=ChatTemplate(
-        name="llama2",
-        system="<<SYS>>\n{content}\n<</SYS>>\n\n",
-        user="[INST] {content} [/INST]",
-        assistant=" {content}",
-    ),
+    # Llama-2-chat style turns (core template data); BOS is added by the encoder, EOS closes each answer.
+    chat_template=LLAMA2,
     special_tokens={"bos": "<s>", "eos": "</s>", "unk": "<unk>"},
     capabilities={
         # every built-in PEFT method is exercised on tiny-llama by tests/test_peft_methods.py

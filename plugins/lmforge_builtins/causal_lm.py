@@ -12,7 +12,8 @@ from typing import Any, Mapping
 
 from lmforge import hookimpl
 from lmforge.plugins.capabilities import PEFT_KEYS
-from lmforge.plugins.descriptors import ArchSpec, ChatTemplate, ModelFamily, experimental, supported, unsupported
+from lmforge.plugins.descriptors import ArchSpec, ModelFamily, experimental, supported, unsupported
+from lmforge.plugins.templates import PLAIN
 
 
 def _first(cfg: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
@@ -57,7 +58,7 @@ CAUSAL_LM = ModelFamily(
     match=lambda cfg: True,
     priority=-100,
     model_types=(),
-    chat_template=ChatTemplate(name="plain", user="{content}\n", assistant="{content}"),
+    chat_template=PLAIN,
     capabilities={
         "full": supported("every parameter trains; nothing depends on the architecture"),
         **{m: experimental("a generic peft method on an architecture no family plugin describes (LoRA-style "

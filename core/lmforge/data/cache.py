@@ -94,17 +94,17 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 def encoder_identity(encoder: Any) -> dict[str, Any]:
     """What an encoder's output depends on, besides the text and ``max_length``."""
-    family = getattr(encoder, "family", None)
+    family = encoder.family
     ident: dict[str, Any] = {
         "encoder": f"{type(encoder).__module__}.{type(encoder).__qualname__}",
-        "family": getattr(family, "name", None),
-        "template": repr(getattr(encoder, "template", None)),
+        "family": family.name if family is not None else None,
+        "template": repr(encoder.template),
         "tokenizer": tokenizer_fingerprint(encoder.tokenizer),
-        "train_on_prompt": bool(getattr(encoder, "train_on_prompt", False)),
+        "train_on_prompt": bool(encoder.train_on_prompt),
     }
-    extra = getattr(encoder, "cache_identity", None)
-    if callable(extra):
-        ident["extra"] = extra()
+    extra = encoder.cache_identity()
+    if extra:
+        ident["extra"] = extra
     return ident
 
 
@@ -175,7 +175,7 @@ def tokenize_file(path: str, encoder: Any, *, fmt_name: str = "auto", on_error: 
     from lmforge.plugins.registry import get_registry
 
     reg = registry or get_registry()
-    max_length = getattr(encoder, "max_length", None)
+    max_length = encoder.max_length
     if not use_cache:
         return _build(path, encoder, fmt_name, on_error, reg, _temp_store_dir(), {})
     sha = file_sha256(path)
@@ -209,7 +209,7 @@ def _open_hit(path: str, entry: str, on_error: str) -> FileResult:
 
 def _build(path: str, encoder: Any, fmt_name: str, on_error: str, reg, entry: str, meta: dict) -> FileResult:
     report = ReadReport()
-    saved = getattr(encoder, "stats", None)
+    saved = encoder.stats
     encoder.stats = EncodeStats()
     try:
         try:

@@ -47,13 +47,7 @@ def pad_collate(features: list[dict], pad_token_id: int, pad_to_multiple_of: int
     }
 
 
-def make_collator(encoder, tokenizer):
-    """The encoder's own ``collate`` when it has one (GLM 2D positions), else right padding."""
-    if hasattr(encoder, "collate"):
-        return encoder.collate
-    pad = tokenizer.pad_token_id
-
-    def collate(features):
-        return pad_collate(features, pad)
-
-    return collate
+def make_collator(encoder, tokenizer=None):
+    """The encoder's ``collate`` (:meth:`lmforge.data.encoding.Encoder.collate`: right padding, plus GLM's
+    position ids in its subclass). ``tokenizer`` is unused (the encoder holds it); kept for callers."""
+    return encoder.collate

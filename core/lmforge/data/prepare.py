@@ -40,20 +40,10 @@ def _stderr_log(msg: str) -> None:
 
 
 def load_tokenizer(source, trust_remote_code: bool = False):
-    """The tokenizer of a resolved model, loaded without weights (a preset's builder or ``AutoTokenizer``)."""
-    from lmforge.plugins.descriptors import resolve_ref
-    from lmforge.modeling.loading import ensure_pad_token
+    """The tokenizer of a resolved model, loaded without weights (:func:`lmforge.modeling.loading.load_tokenizer`)."""
+    from lmforge.modeling.loading import load_tokenizer as _load
 
-    if source.preset is not None:
-        if source.preset.tokenizer is None:
-            raise LmforgeError(f"preset {source.preset.name!r} ships no tokenizer")
-        tok = resolve_ref(source.preset.tokenizer)()
-    else:
-        from lmforge.modeling.loading import load_tokenizer_dir
-
-        tok = load_tokenizer_dir(source.path, source.family, trust_remote_code)
-    ensure_pad_token(tok)
-    return tok
+    return _load(source, trust_remote_code)
 
 
 def encoder_for_model(model: str, *, max_length: int | None = None, train_on_prompt: bool = False,

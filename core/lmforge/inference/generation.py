@@ -1,7 +1,7 @@
 """Generation from a run directory, a checkpoint or a preset: ``Completion``.
 
 Prompts are rendered by the same family encoder that training used
-(:meth:`~lmforge.data.encoding.TemplateEncoder.encode_prompt`), so a fine-tuned model
+(:meth:`~lmforge.data.encoding.Encoder.encode_prompt`), so a fine-tuned model
 sees at inference exactly the prompt shape it was trained on; chat messages go
 through the family's chat template. Batches are left padded; each result says
 why generation stopped (``"stop"``: an end token or a stop string, ``"length"``:
@@ -194,19 +194,11 @@ class Completion:
         return self._raw_encoder.encode_prompt(text)
 
     def decode(self, ids: Sequence[int]) -> str:
-        if hasattr(self.encoder, "decode_response"):  # e.g. ChatGLM3's metadata line
-            return self.encoder.decode_response(list(ids))
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        return self.encoder.decode_response(list(ids))  # e.g. drops ChatGLM3's metadata line
 
     def prepare_batch(self, prompts: list[list[int]]) -> dict:
         """Left-padded model inputs for prompt ids, on the model's device."""
-        from lmforge.data.collate import pad_collate
-
-        if hasattr(self.encoder, "collate_prompts"):
-            batch = self.encoder.collate_prompts(prompts)
-        else:
-            batch = pad_collate([{"input_ids": p} for p in prompts], self.tokenizer.pad_token_id, padding_side="left")
-            batch.pop("labels", None)
+        batch = self.encoder.collate_prompts(prompts)
         return {k: v.to(self.device) for k, v in batch.items()}
 
     # --------------------------------------------------------------- API

@@ -180,10 +180,10 @@ def hf_load(
             )
         except pickle.UnpicklingError as exc:
             raise LmforgeError(unpickling_message(source.path, exc)) from None
-        if tokenizer_loader is not None:
+        if tokenizer_loader is not None:  # a loader's own reader for this layout (GLM-4's native files)
             tokenizer = resolve_ref(tokenizer_loader)(source.path)
         else:
-            tokenizer = load_tokenizer_dir(source.path, source.family, options.trust_remote_code)
+            tokenizer = load_tokenizer(source, options.trust_remote_code)
         return model, tokenizer
 
     preset = source.preset
@@ -209,10 +209,29 @@ def hf_load(
             model = cls.from_config(config, dtype=dtype, **{k: v for k, v in kwargs.items() if k not in skip})
         else:
             model = cls(config).to(dtype)
-    if preset.tokenizer is None:
-        raise LmforgeError(f"preset {preset.name!r} ships no tokenizer; load it from a checkpoint directory instead")
-    tokenizer = resolve_ref(preset.tokenizer)()
-    return model, tokenizer
+    return model, load_tokenizer(source)
+
+
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, *, path: str | None = None):
+    """The tokenizer of a resolved model, without its weights: the one tokenizer-loading path.
+
+    A preset's tokenizer builder; for a directory (``path``, default ``source.path``:
+    a checkpoint, or a run directory's own tokenizer) the family's
+    ``ModelFamily.tokenizer_loader`` when it has one, else ``AutoTokenizer``. The
+    tokenizer gets a pad token (:func:`ensure_pad_token`). Used by the loaders
+    (:func:`hf_load`, run directories), data preparation (``lmforge.data.prepare``)
+    and offline packing (``lmforge data pack``).
+    """
+    if path is None and source.preset is not None:
+        preset = source.preset
+        if preset.tokenizer is None:
+            raise LmforgeError(f"preset {preset.name!r} ships no tokenizer; load it from a checkpoint directory "
+                               "instead")
+        tok = resolve_ref(preset.tokenizer)()
+    else:
+        tok = load_tokenizer_dir(path or source.path, source.family, trust_remote_code)
+    ensure_pad_token(tok)
+    return tok
 
 
 def load_tokenizer_dir(path: str, family: ModelFamily | None = None, trust_remote_code: bool = False):
@@ -332,7 +351,7 @@ def _load_with_family(path_or_preset: str, trust_remote_code: bool, dtype: str, 
     tok_dir = path_or_preset
     if any(os.path.isfile(os.path.join(tok_dir, n)) for n in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
         # the run's own tokenizer (it may have gained tokens); read the family's way
-        tokenizer = load_tokenizer_dir(tok_dir, source.family, trust_remote_code)
+        tokenizer = load_tokenizer(source, trust_remote_code, path=tok_dir)
         ensure_pad_token(tokenizer, model)
     return model, tokenizer, source.family
 

@@ -115,7 +115,7 @@ def make_packed_collator(encoder, tokenizer, fallback: Callable | None = None) -
 
     ``fallback`` collates plain (unpacked) features, e.g. the eval set.
     """
-    own = getattr(encoder, "pack_collate", None)
+    own = encoder.pack_collate
     if own is not None:
         def collate(items):
             if items and isinstance(items[0], Mapping) and PACKED_KEY not in items[0]:

@@ -33,7 +33,7 @@ def uses_packed_attention(model, encoder=None, attn_requested: str | None = None
     Other models keep their attention and must honour the packed batch
     themselves; :func:`verify_no_cross_attention` checks that they do.
     """
-    if getattr(encoder, "packed_attention", "lmforge") == "model" or attn_requested in NATIVE_PACKED_ATTENTION:
+    if (encoder is not None and encoder.packed_attention == "model") or attn_requested in NATIVE_PACKED_ATTENTION:
         return False
     return bool(getattr(type(model), "_supports_attention_backend", False)) and hasattr(model, "set_attn_implementation")
 

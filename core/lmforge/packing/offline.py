@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from lmforge.errors import DataError, LmforgeError
+from lmforge.errors import DataError
 from lmforge.packing.plan import PackingStats, pack_lengths
 from lmforge.packing.job import check_packing_capability
 
@@ -30,28 +30,19 @@ def pack_files(train_file, model: str, output: str, *, max_length: int, data_for
     Each output line is one packed row in the AntLLM packed format,
     ``{"input": [prompt, ...], "output": [response, ...]}`` (an empty prompt is
     a pretraining text), and trains as that row with ``data.online_packing:
-    false``. Only the tokenizer is loaded (a preset's, or the checkpoint
-    directory's through ``AutoTokenizer``), never the weights.
+    false``. Only the tokenizer is loaded (:func:`lmforge.modeling.loading.load_tokenizer`:
+    a preset's, or the checkpoint directory's through the family's tokenizer loader),
+    never the weights.
     """
     from lmforge.data.readers import load_examples
     from lmforge.data.encoding import make_encoder
-    from lmforge.modeling.loading import ensure_pad_token, resolve_model
+    from lmforge.modeling.loading import load_tokenizer, resolve_model
     from lmforge.plugins.registry import get_registry
 
     reg = registry or get_registry()
     source = resolve_model(model, family=family, registry=reg)
     check_packing_capability(source.family)
-    if source.preset is not None:
-        from lmforge.plugins.descriptors import resolve_ref
-
-        if source.preset.tokenizer is None:
-            raise LmforgeError(f"preset {source.preset.name!r} ships no tokenizer")
-        tokenizer = resolve_ref(source.preset.tokenizer)()
-    else:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
-    ensure_pad_token(tokenizer)
+    tokenizer = load_tokenizer(source, trust_remote_code)
     examples = load_examples(train_file, data_format, reg, "train_file")
     encoder = make_encoder(tokenizer, source.family, max_length=max_length, train_on_prompt=train_on_prompt,
                            template=template)

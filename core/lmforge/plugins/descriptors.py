@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, Tuple, Union
 
 # --------------------------------------------------------------------------
 # helpers
@@ -129,66 +129,241 @@ class Example:
 
 
 @dataclass(frozen=True)
+class Special:
+    """A special token inside a :class:`ChatTemplate`: looked up by its text, never tokenized as text.
+
+    ``Special("<|user|>")`` is the token ``<|user|>``; :data:`EOS` and :data:`BOS` stand
+    for the tokenizer's own end/beginning-of-sequence tokens (whatever their text).
+    """
+
+    text: str = ""
+    kind: str = "token"  # "token", "eos" or "bos"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("token", "eos", "bos"):
+            raise ValueError(f"Special.kind must be token, eos or bos, got {self.kind!r}")
+        if self.kind == "token" and not self.text:
+            raise ValueError("Special(text) needs the token's text")
+
+    def __repr__(self) -> str:
+        return self.kind.upper() if self.kind != "token" else f"Special({self.text!r})"
+
+
+EOS = Special(kind="eos")
+BOS = Special(kind="bos")
+
+#: one piece of a template field: text (tokenized on its own, ``{content}``-style placeholders
+#: filled in) or a :class:`Special` token; a field holds one piece or a tuple of them
+Piece = Union[str, Special]
+Pieces = Union[str, Special, Tuple[Piece, ...]]
+ROLES = ("system", "user", "assistant", "observation")
+STYLES = ("turns", "roles", "inline")
+
+
+def _pieces(value: Any, where: str) -> tuple:
+    if value is None:
+        return ()
+    if isinstance(value, (str, Special)):
+        value = (value,)
+    out = tuple(value)
+    for p in out:
+        if not isinstance(p, (str, Special)):
+            raise ValueError(f"ChatTemplate.{where}: pieces are str or Special, got {type(p).__name__} {p!r}")
+    return tuple(p for p in out if p != "")
+
+
+@dataclass(frozen=True)
 class ChatTemplate:
-    """How a family renders a conversation to text, as trainable/untrainable segments.
+    """How a family renders a conversation: data, read by the encoder (training and generation
+    prompts) and by :mod:`lmforge.plugins.chat_jinja` (the saved tokenizer's ``chat_template``).
 
-    Format strings see ``{content}``, ``{round}`` (0-based index of the user turn)
-    and ``{round1}`` (1-based). Rendering yields ``(text, trainable)`` segments:
-    system, user and observation turns and the ``assistant_prefix`` are prompt;
-    assistant contents (and ``assistant_suffix``) are response. Training and
-    generation both go through :meth:`render`, so they see the same prompt.
+    Every field that renders is a tuple of *pieces* (a plain string is one piece): text,
+    where ``{content}`` (the message), ``{round}`` / ``{round1}`` (0/1-based index of the
+    exchange) and, in ``history_turn``, ``{query}`` / ``{answer}`` are filled in, or a
+    :class:`Special` token. Each text piece is tokenized on its own, as the released
+    prompt code of the family does (ChatGLM3 encodes ``"\\n"`` and the content separately).
 
-    ``turn_separator`` is prompt text placed after each answer's end token (EOS),
-    e.g. the newline after ChatML's ``<|im_end|>``.
+    ``style`` says how messages become pieces:
 
-    ``prefix`` is text placed once before everything (not BOS: the encoder adds
-    BOS itself when the tokenizer has one and ``add_bos`` is true).
+    ``"turns"`` (LLaMA-2, ChatML, MiniCPM, BLOOM, ...)
+        ``system`` / ``user`` / ``observation`` messages are prompt; every user/observation
+        turn is followed by ``assistant_prefix`` (the generation prefix); an ``assistant``
+        message and ``assistant_suffix`` are trained, closed by ``end_of_turn`` (trained),
+        then ``separator_between`` (prompt, only when another message follows) and
+        ``turn_separator`` (prompt, always).
+    ``"roles"`` (ChatGLM3, GLM-4)
+        every message is its role's pieces, whose first piece is the role marker
+        (``Special("<|user|>")``); the marker that follows an answer is trained (it ends
+        that answer). A final answer is closed by ``end_of_turn``; otherwise the prompt ends
+        with ``assistant_prefix``.
+    ``"inline"`` (GLM v1, ChatGLM-6B, ChatGLM2)
+        the released code keeps earlier exchanges inside one prompt string: the ``system``
+        texts, each earlier exchange as ``history_turn`` (a query left without an answer as
+        ``history_query``, default ``history_turn`` with an empty answer), then the last query as
+        ``user`` + ``assistant_prefix`` (or ``first_user`` when there is no history) are one
+        text piece; ``prompt_suffix`` follows it (its first token is left out when the
+        prompt already holds one of ``optional_masks``); only a final answer trains.
+
+    ``prefix`` comes once before everything (after BOS, which the encoder adds when the
+    tokenizer has one and ``add_bos``). ``text_prefix`` / ``text_end`` wrap a pretraining
+    text. ``stop_tokens`` end a generated answer (default: ``end_of_turn``).
+    ``default_system`` is used when a conversation has no system message.
     """
 
     name: str
-    user: str = "{content}"
-    assistant_prefix: str = ""
-    assistant: str = "{content}"
-    assistant_suffix: str = ""
-    turn_separator: str = ""
-    system: str = "{content}\n"
-    observation: str = "{content}"
-    prefix: str = ""
+    user: Pieces = "{content}"
+    assistant_prefix: Pieces = ""
+    assistant: Pieces = "{content}"
+    assistant_suffix: Pieces = ""
+    turn_separator: Pieces = ""
+    system: Pieces = "{content}\n"
+    observation: Pieces = "{content}"
+    prefix: Pieces = ""
     default_system: str | None = None
     add_bos: bool = True
     stop_strings: tuple[str, ...] = ()
+    style: str = "turns"
+    end_of_turn: Special = EOS
+    separator_between: Pieces = ""
+    history_turn: Pieces = "{query}\n{answer}\n"
+    history_query: Pieces | None = None
+    first_user: Pieces | None = None
+    prompt_suffix: Pieces = ""
+    optional_masks: tuple[str, ...] = ()
+    text_prefix: Pieces = ""
+    text_end: Special = EOS
+    stop_tokens: tuple[Special, ...] = ()
 
-    def render(self, messages: Sequence[Message]) -> list[tuple[str, bool]]:
-        """Render ``messages`` to ``[(text, trainable), ...]``.
+    def __post_init__(self) -> None:
+        if self.style not in STYLES:
+            raise ValueError(f"ChatTemplate {self.name!r}: style must be one of {', '.join(STYLES)}, got {self.style!r}")
+        for f in ("user", "assistant_prefix", "assistant", "assistant_suffix", "turn_separator", "system",
+                  "observation", "prefix", "separator_between", "history_turn", "prompt_suffix", "text_prefix"):
+            object.__setattr__(self, f, _pieces(getattr(self, f), f))
+        for f in ("first_user", "history_query"):
+            if getattr(self, f) is not None:
+                object.__setattr__(self, f, _pieces(getattr(self, f), f))
+        for f in ("end_of_turn", "text_end"):
+            if not isinstance(getattr(self, f), Special):
+                raise ValueError(f"ChatTemplate {self.name!r}: {f} must be a Special token (EOS, Special('...'))")
+        stops = tuple(self.stop_tokens) or (self.end_of_turn,)
+        object.__setattr__(self, "stop_tokens", stops)
+        if self.style == "roles":
+            for role in ROLES:
+                fmt = self.role_pieces(role)
+                if not fmt or not isinstance(fmt[0], Special):
+                    raise ValueError(f"ChatTemplate {self.name!r}: in the roles style, {role} must start with its "
+                                     "role marker, a Special token")
+        if self.style == "inline":
+            for f in ("system", "user", "assistant_prefix", "history_turn", "first_user", "history_query"):
+                if any(isinstance(p, Special) for p in getattr(self, f) or ()):
+                    raise ValueError(f"ChatTemplate {self.name!r}: in the inline style, {f} is text only")
 
-        Every user/observation turn is followed by the assistant prefix, so a
-        conversation ending on a user turn renders as a generation prompt.
-        Raises ``ValueError`` on an unknown role.
+    def role_pieces(self, role: str) -> tuple:
+        if role not in ROLES:
+            raise ValueError(f"unknown message role {role!r} (expected system, user, assistant, observation)")
+        return getattr(self, role)
+
+    # ----------------------------------------------------------------- rendering
+    @staticmethod
+    def _fill(pieces: tuple, trainable: bool, **values: Any) -> list[tuple[Any, bool]]:
+        return [(p.format(**values) if isinstance(p, str) else p, trainable) for p in pieces]
+
+    def render(self, messages: Sequence[Message], has_mask: Callable[[str], bool] | None = None
+               ) -> list[tuple[Any, bool]]:
+        """Render ``messages`` to ``[(piece, trainable), ...]``; a piece is text or a :class:`Special`.
+
+        A conversation ending on a user/observation turn renders as a generation prompt
+        (it ends with the generation prefix). Raises ``ValueError`` on an unknown role.
+        ``has_mask(prompt)`` decides whether an inline prompt already holds a mask token
+        (default: one of ``optional_masks`` occurs in its text; the encoder checks token ids).
         """
-        segments: list[tuple[str, bool]] = []
-        if self.prefix:
-            segments.append((self.prefix, False))
         msgs = list(messages)
         if self.default_system is not None and not any(m.role == "system" for m in msgs):
             msgs.insert(0, Message("system", self.default_system))
-        round_idx = 0
+        out: list[tuple[Any, bool]] = self._fill(self.prefix, False)
+        if self.style == "inline":
+            out += self._render_inline(msgs, has_mask)
+        else:
+            out += getattr(self, "_render_" + self.style)(msgs)
+        return [(p, tr) for p, tr in out if p != ""]
+
+    def _render_turns(self, msgs: list[Message]) -> list[tuple[Any, bool]]:
+        out: list[tuple[Any, bool]] = []
+        r = 0
+        for i, msg in enumerate(msgs):
+            fmt = self.role_pieces(msg.role)
+            if msg.role == "assistant":
+                out += self._fill(fmt, True, content=msg.content, round=r, round1=r + 1)
+                out += self._fill(self.assistant_suffix, True, round=r, round1=r + 1)
+                out.append((self.end_of_turn, True))
+                if i + 1 < len(msgs):
+                    out += self._fill(self.separator_between, False)
+                out += self._fill(self.turn_separator, False)
+                r += 1
+                continue
+            out += self._fill(fmt, False, content=msg.content, round=r, round1=r + 1)
+            if msg.role in ("user", "observation"):
+                out += self._fill(self.assistant_prefix, False, round=r, round1=r + 1)
+        return out
+
+    def _render_roles(self, msgs: list[Message]) -> list[tuple[Any, bool]]:
+        out: list[tuple[Any, bool]] = []
+        prev_answer = False
         for msg in msgs:
-            if msg.role == "system":
-                segments.append((self.system.format(content=msg.content, round=round_idx, round1=round_idx + 1), False))
-            elif msg.role in ("user", "observation"):
-                fmt = self.user if msg.role == "user" else self.observation
-                segments.append((fmt.format(content=msg.content, round=round_idx, round1=round_idx + 1), False))
-                segments.append((self.assistant_prefix.format(round=round_idx, round1=round_idx + 1), False))
-            elif msg.role == "assistant":
-                segments.append((self.assistant.format(content=msg.content), True))
-                if self.assistant_suffix:
-                    segments.append((self.assistant_suffix, True))
-                if self.turn_separator:
-                    segments.append((self.turn_separator, False))
-                round_idx += 1
-            else:
-                raise ValueError(f"unknown message role {msg.role!r} (expected system, user, assistant, observation)")
-        return [(t, tr) for t, tr in segments if t]
+            marker, *body = self.role_pieces(msg.role)
+            out.append((marker, prev_answer))
+            out += self._fill(tuple(body), msg.role == "assistant", content=msg.content)
+            prev_answer = msg.role == "assistant"
+        if prev_answer:
+            out.append((self.end_of_turn, True))
+        else:
+            out += self._fill(self.assistant_prefix, False)
+        return out
+
+    def inline_prompt(self, msgs: Sequence[Message]) -> tuple[str, str | None]:
+        """``(prompt text, final answer or None)`` of the inline style (history inside the prompt)."""
+        msgs = list(msgs)
+        answer = None
+        if msgs and msgs[-1].role == "assistant":
+            answer, msgs = msgs[-1].content, msgs[:-1]
+        text = "".join("".join(self._text(self.system, content=m.content)) for m in msgs if m.role == "system")
+        pending, n = None, 0
+        for m in msgs:
+            self.role_pieces(m.role)
+            if m.role in ("user", "observation"):
+                if pending is not None:  # an earlier query left without an answer
+                    fmt = self.history_query if self.history_query is not None else self.history_turn
+                    text += self._text(fmt, query=pending, answer="", round=n, round1=n + 1)
+                    n += 1
+                pending = m.content
+            elif m.role == "assistant":
+                text += self._text(self.history_turn, query=pending or "", answer=m.content, round=n, round1=n + 1)
+                n, pending = n + 1, None
+        query = pending or ""
+        if n == 0 and self.first_user is not None:
+            text += self._text(self.first_user, content=query, round=0, round1=1)
+        else:
+            text += self._text(self.user + self.assistant_prefix, content=query, round=n, round1=n + 1)
+        return text, answer
+
+    @staticmethod
+    def _text(pieces: tuple, **values: Any) -> str:
+        return "".join(p.format(**values) for p in pieces)
+
+    def _render_inline(self, msgs: list[Message], has_mask=None) -> list[tuple[Any, bool]]:
+        prompt, answer = self.inline_prompt(msgs)
+        out: list[tuple[Any, bool]] = [(prompt, False)]
+        suffix = self.prompt_suffix
+        has_mask = has_mask or (lambda text: any(m in text for m in self.optional_masks))
+        if self.optional_masks and suffix and has_mask(prompt):
+            suffix = suffix[1:]
+        out += self._fill(suffix, False)
+        if answer is not None:
+            out += self._fill(self.assistant, True, content=answer)
+            out += self._fill(self.assistant_suffix, True)
+            out.append((self.end_of_turn, True))
+        return out
 
 
 # --------------------------------------------------------------------------
@@ -224,15 +399,32 @@ class ModelFamily:
     higher ``priority`` are asked first (the generic causal-LM family has the
     lowest).
 
-    ``loader``: ``"module:attr"`` of ``load(source: ModelSource, options: LoadOptions)
-    -> (model, tokenizer)``. ``saver``: optional ``save(model, tokenizer, out_dir)``
+    What a family provides, field by field (``"module:attr"`` strings are imported only
+    when a job needs them):
+
+    - ``loader``: ``load(source: ModelSource, options: LoadOptions) -> (model, tokenizer)``
+      (:func:`lmforge.modeling.loading.hf_load` covers models transformers ships).
+    - ``tokenizer_loader``: optional ``load(path) -> tokenizer`` for families whose
+      tokenizer ``AutoTokenizer`` cannot read without the checkpoint's own code. Every
+      tokenizer lmforge reads from a directory goes through
+      :func:`lmforge.modeling.loading.load_tokenizer`, which asks it first, then
+      ``AutoTokenizer``; a preset's tokenizer comes from ``Preset.tokenizer``.
+    - ``encoder``: optional subclass of :class:`lmforge.data.encoding.Encoder` (the
+      class or its ``"module:attr"``): how examples become ids, labels and batches. The
+      default encoder renders ``chat_template``; a subclass adds what the family needs
+      beyond it (GLM: command-token lookup, the ``raw`` variant).
+    - positions: the encoder's job. ``Encoder.collate`` builds each batch (GLM adds its
+      2D / block ``position_ids`` there), ``Encoder.pack_collate`` optionally packed rows,
+      ``Encoder.packed_attention`` says whether the model honours packed batches itself.
+    - ``chat_template``: a :class:`ChatTemplate`, the only prompt format of the family,
+      rendered by the encoder in training and generation and written to saved tokenizers
+      as Jinja (:mod:`lmforge.plugins.chat_jinja`); shared ones live in
+      :mod:`lmforge.plugins.templates`. ``None`` means plain text (the raw template).
+    - ``capabilities``: see below.
+
+    ``saver``: optional ``save(model, tokenizer, out_dir)``
     for families whose on-disk layout is not what ``save_pretrained`` writes.
-    ``tokenizer_loader``: optional ``load(path) -> tokenizer`` for families whose
-    tokenizer ``AutoTokenizer`` cannot read without the checkpoint's own code;
-    every tokenizer lmforge reads from a directory of this family goes through it.
-    ``encoder``: optional ``"module:attr"`` of a class with the interface of
-    :class:`lmforge.data.encoding.TemplateEncoder` for families that build their own
-    position ids or masks (GLM's 2D positions). ``exporter``: optional
+    ``exporter``: optional
     ``export(model, tokenizer, out_dir)`` for ``lmforge export --format transformers``
     when the family's saved layout is not transformers' native one (GLM); it
     raises :class:`~lmforge.errors.LmforgeError` for variants transformers lacks.
@@ -257,8 +449,8 @@ class ModelFamily:
     priority: int = 0
     presets: tuple[Preset, ...] = ()
     saver: str | Callable | None = None
-    tokenizer_loader: str | Callable | None = None
-    encoder: str | Callable | None = None
+    tokenizer_loader: str | Callable[[str], Any] | None = None
+    encoder: str | type | None = None  # a subclass of lmforge.data.encoding.Encoder (or its "module:attr")
     exporter: str | Callable | None = None
     default_lora_targets: tuple[str, ...] = ()
     chat_template: ChatTemplate | None = None
