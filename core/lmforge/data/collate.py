@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+IGNORE_INDEX = -100  # the label transformers' loss skips
+
 
 class ListDataset:
     """A list of feature dicts, as ``Trainer`` wants a map-style dataset."""
@@ -22,8 +24,6 @@ def pad_collate(features: list[dict], pad_token_id: int, pad_to_multiple_of: int
                 padding_side: str = "right") -> dict:
     """Pad ``input_ids`` (with ``pad_token_id``), ``labels`` (with -100) and build ``attention_mask``."""
     import torch
-
-    from lmforge.data.encoding import IGNORE_INDEX
 
     longest = max(len(f["input_ids"]) for f in features)
     if pad_to_multiple_of:

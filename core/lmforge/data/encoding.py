@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 from lmforge.plugins.descriptors import ChatTemplate, Example, Message, ModelFamily, Special, resolve_ref
 
-IGNORE_INDEX = -100
+from lmforge.data.collate import IGNORE_INDEX  # noqa: E402,F401 - one definition, re-exported
 
 RAW_TEMPLATE = ChatTemplate(name="raw", user="{content}", assistant="{content}", system="{content}")
 

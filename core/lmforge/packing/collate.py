@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from typing import Callable, Mapping, Sequence
-from lmforge.packing.plan import IGNORE_INDEX, PACKED_KEY
+from lmforge.data.collate import IGNORE_INDEX
+from lmforge.packing.plan import PACKED_KEY
 
 
 def default_position_ids(length: int) -> list[int]:

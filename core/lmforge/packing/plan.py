@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 
-IGNORE_INDEX = -100
 ATTN_NAME = "lmforge_packed"
 PACKED_KEY = "packed_features"
 
