@@ -1,0 +1,180 @@
+"""The ``lmforge train`` -> ``Trainer`` walk: how many lmforge calls, files and back-and-forths it takes.
+
+    python benchmarks/train_walk.py            # a real tiny run, stopped when Trainer.__init__ is entered
+    python benchmarks/train_walk.py --dry-run  # lmforge train --dry-run, to its end
+
+Runs ``lmforge train`` in this process on the tiny random LLaMA (offline) with
+``sys.setprofile`` from the CLI command's entry until ``transformers.Trainer.__init__``
+is called (the run is stopped there, before any training), and prints:
+
+- ``calls``: call events into lmforge functions (core ``lmforge.*``, ``lmforge_builtins``,
+  ``llm_plugins_*``; module bodies and comprehensions left out), each call site counted
+  once, so loops over records do not weigh;
+- ``cross-file calls``: of those, the ones from one lmforge file into another;
+- ``files``: lmforge files entered;
+- ``back-and-forths``: times control came back to an lmforge file it had already left
+  (a return from a cross-file call, or a new call into a file entered before);
+- how often the config checks ran: ``validate``, ``validate_train_section`` / ``JobSpec``
+  building, and the ``TrainingArguments`` keyword builders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WATCHED = ("validate", "validate_train_section", "train_arguments", "run_kwargs", "check_combination",
+           "build_spec", "training_arguments", "from_config", "_check_section")
+
+
+class _Stop(BaseException):
+    """Raised from the patched ``Trainer.__init__``: the walk is over."""
+
+
+def _is_lmforge(frame) -> bool:
+    name = frame.f_globals.get("__name__", "")
+    return name == "lmforge" or name.startswith(("lmforge.", "lmforge_builtins", "llm_plugins_"))
+
+
+def layer_of(path: str) -> str:
+    """``core/lmforge/train/pipeline.py`` -> ``lmforge.train``; plugin files -> their distribution's package."""
+    parts = path.split(os.sep)
+    if parts[:2] == ["core", "lmforge"]:
+        return "lmforge." + parts[2].removesuffix(".py") if len(parts) > 3 else "lmforge"
+    return parts[0] if parts[0] == "plugins" else parts[0]
+
+
+class Walk:
+    def __init__(self, key=lambda path: path) -> None:
+        self.key = key
+        self.raw_calls = 0
+        self.sites: set = set()
+        self.cross = 0
+        self.back = 0
+        self.files: list[str] = []
+        self.left: set[str] = set()
+        self.stack: list[tuple[str, bool]] = []  # (file, whether its entry was a counted cross-file call)
+        self.named = collections.Counter()
+
+    def _file(self, frame) -> str:
+        return self.key(os.path.relpath(frame.f_code.co_filename, ROOT))
+
+    def profile(self, frame, event, arg) -> None:
+        if event not in ("call", "return"):
+            return
+        code = frame.f_code
+        # module bodies, comprehensions and dataclass-generated methods (<string>) are not steps of the walk
+        if code.co_name.startswith("<") or code.co_filename.startswith("<") or not _is_lmforge(frame):
+            return
+        here = self._file(frame)
+        if event == "call":
+            self.raw_calls += 1
+            if code.co_name in WATCHED:
+                self.named[f"{frame.f_globals.get('__name__')}.{code.co_name}"] += 1
+            caller = frame.f_back
+            site = (caller.f_code if caller else None, caller.f_lineno if caller else 0, code)
+            new = site not in self.sites
+            self.sites.add(site)
+            came_from = self.stack[-1][0] if self.stack else None
+            crossing = came_from is not None and came_from != here
+            counted = new and crossing
+            if counted:
+                self.cross += 1
+                self.left.add(came_from)
+                if here in self.left:
+                    self.back += 1
+            if here not in self.files:
+                self.files.append(here)
+            self.stack.append((here, counted))
+        elif self.stack:
+            _, counted = self.stack.pop()
+            if counted:  # control goes back to the caller's file, left for this call
+                self.left.add(here)
+                self.back += 1
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dry-run", action="store_true", help="trace `lmforge train --dry-run` instead")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = ap.parse_args()
+    os.chdir(ROOT)
+    os.environ.setdefault("LMFORGE_CACHE_DIR", tempfile.mkdtemp(prefix="lmforge-walk-cache-"))
+
+    import transformers
+    from click.testing import CliRunner
+
+    from lmforge.cli.main import build_cli
+
+    walk, layers = Walk(), Walk(layer_of)
+
+    def both(frame, event, arg):
+        walk.profile(frame, event, arg)
+        layers.profile(frame, event, arg)
+
+    def stop(self, *a, **k):
+        sys.setprofile(None)
+        raise _Stop
+
+    transformers.Trainer.__init__ = stop
+    cli = build_cli()  # plugin loading happens before the command; it is not part of the walk
+    command = cli.commands["train"]
+    inner = command.callback
+
+    def traced(*a, **k):
+        sys.setprofile(both)
+        try:
+            return inner(*a, **k)
+        finally:
+            sys.setprofile(None)
+
+    command.callback = traced
+    out = tempfile.mkdtemp(prefix="lmforge-walk-")
+    argv = ["train", "examples/quickstart.yaml", "-o", os.path.join(out, "run"), "--max-steps", "1",
+            "--set", "data.valid_file=null", "--set", "train.report_to=none", "--threads", "1"]
+    if args.dry_run:
+        argv.append("--dry-run")
+    try:
+        result = CliRunner().invoke(cli, argv, catch_exceptions=False)
+        reached = False
+        if result.exit_code:
+            sys.exit(f"lmforge train failed ({result.exit_code}): {result.output}")
+    except _Stop:
+        reached = True
+    figures = {
+        "walk": "lmforge train --dry-run" if args.dry_run else "lmforge train -> Trainer.__init__",
+        "reached_trainer": reached,
+        "calls": len(walk.sites),
+        "cross_file_calls": walk.cross,
+        "files": len(walk.files),
+        "back_and_forths": walk.back,
+        "raw_call_events": walk.raw_calls,
+        "layers": len(layers.files),
+        "layer_crossings": layers.cross,
+        "layer_back_and_forths": layers.back,
+        "config_checks": dict(sorted(walk.named.items())),
+        "file_list": walk.files,
+    }
+    if args.json:
+        print(json.dumps(figures, indent=1))
+        return
+    for key, value in figures.items():
+        if key == "file_list":
+            print("files entered, in order:")
+            for f in value:
+                print(f"    {f}")
+        elif key == "config_checks":
+            print("config checks run:")
+            for name, n in value.items():
+                print(f"    {name}: {n}")
+        else:
+            print(f"{key}: {value}")
+
+
+if __name__ == "__main__":
+    main()
