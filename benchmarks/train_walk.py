@@ -7,9 +7,11 @@ Runs ``lmforge train`` in this process on the tiny random LLaMA (offline) with
 ``sys.setprofile`` from the CLI command's entry until ``transformers.Trainer.__init__``
 is called (the run is stopped there, before any training), and prints:
 
-- ``calls``: call events into lmforge functions (core ``lmforge.*``, ``lmforge_builtins``,
-  ``llm_plugins_*``; module bodies and comprehensions left out), each call site counted
-  once, so loops over records do not weigh;
+- ``calls``: calls into lmforge functions (core ``lmforge.*``, ``lmforge_builtins``,
+  ``llm_plugins_*``; imports, comprehensions and dataclass-generated methods left out),
+  counted once per calling context (the same call site reached by the same chain of
+  lmforge calls), so a loop over records counts once but a check run again from
+  another place counts again;
 - ``cross-file calls``: of those, the ones from one lmforge file into another;
 - ``files``: lmforge files entered;
 - ``back-and-forths``: times control came back to an lmforge file it had already left
@@ -53,13 +55,15 @@ class Walk:
     def __init__(self, key=lambda path: path) -> None:
         self.key = key
         self.raw_calls = 0
-        self.sites: set = set()
+        self.sites: dict = {}  # (parent call's id, caller, line, callee) -> id: the calling-context tree
         self.cross = 0
         self.back = 0
         self.files: list[str] = []
         self.left: set[str] = set()
-        self.stack: list[tuple[str, bool]] = []  # (file, whether its entry was a counted cross-file call)
+        self.stack: list[tuple[str, int, bool]] = []  # (file, call id, whether it was a counted cross-file call)
         self.named = collections.Counter()
+        self.importing = 0
+        self.edges: list[str] = []  # the counted cross-file calls, in order
 
     def _file(self, frame) -> str:
         return self.key(os.path.relpath(frame.f_code.co_filename, ROOT))
@@ -68,8 +72,11 @@ class Walk:
         if event not in ("call", "return"):
             return
         code = frame.f_code
-        # module bodies, comprehensions and dataclass-generated methods (<string>) are not steps of the walk
-        if code.co_name.startswith("<") or code.co_filename.startswith("<") or not _is_lmforge(frame):
+        if code.co_name == "<module>":  # an import: nothing it runs (class bodies ...) is a step of the walk
+            self.importing += 1 if event == "call" else -1
+            return
+        # comprehensions and dataclass-generated methods (<string>) are not steps either
+        if self.importing or code.co_name.startswith("<") or code.co_filename.startswith("<") or not _is_lmforge(frame):
             return
         here = self._file(frame)
         if event == "call":
@@ -77,22 +84,24 @@ class Walk:
             if code.co_name in WATCHED:
                 self.named[f"{frame.f_globals.get('__name__')}.{code.co_name}"] += 1
             caller = frame.f_back
-            site = (caller.f_code if caller else None, caller.f_lineno if caller else 0, code)
+            parent = self.stack[-1][1] if self.stack else -1
+            site = (parent, caller.f_code if caller else None, caller.f_lineno if caller else 0, code)
             new = site not in self.sites
-            self.sites.add(site)
+            node = self.sites.setdefault(site, len(self.sites))
             came_from = self.stack[-1][0] if self.stack else None
             crossing = came_from is not None and came_from != here
             counted = new and crossing
             if counted:
                 self.cross += 1
+                self.edges.append(f"{came_from} -> {here}:{code.co_name}")
                 self.left.add(came_from)
                 if here in self.left:
                     self.back += 1
             if here not in self.files:
                 self.files.append(here)
-            self.stack.append((here, counted))
+            self.stack.append((here, node, counted))
         elif self.stack:
-            _, counted = self.stack.pop()
+            _, _, counted = self.stack.pop()
             if counted:  # control goes back to the caller's file, left for this call
                 self.left.add(here)
                 self.back += 1
@@ -102,6 +111,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dry-run", action="store_true", help="trace `lmforge train --dry-run` instead")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument("--edges", action="store_true", help="also list every counted cross-file call, in order")
     args = ap.parse_args()
     os.chdir(ROOT)
     os.environ.setdefault("LMFORGE_CACHE_DIR", tempfile.mkdtemp(prefix="lmforge-walk-cache-"))
@@ -160,12 +170,14 @@ def main() -> None:
         "config_checks": dict(sorted(walk.named.items())),
         "file_list": walk.files,
     }
+    if args.edges:
+        figures["cross_file_call_list"] = walk.edges
     if args.json:
         print(json.dumps(figures, indent=1))
         return
     for key, value in figures.items():
-        if key == "file_list":
-            print("files entered, in order:")
+        if key in ("file_list", "cross_file_call_list"):
+            print("files entered, in order:" if key == "file_list" else "cross-file calls, in order:")
             for f in value:
                 print(f"    {f}")
         elif key == "config_checks":
