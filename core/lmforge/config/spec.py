@@ -150,7 +150,8 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """``train:`` as the user wrote it (``args``) and the ``TrainingArguments`` keywords the job uses."""
+    """``train:`` as the user wrote it (``args``) and the ``TrainingArguments`` keywords the job uses
+    (``arguments``: :func:`training_arguments` of the spec, made once when it is built)."""
 
     args: Mapping[str, Any] = _key("train.*")
     arguments: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}), metadata={"derived": True})
@@ -192,6 +193,7 @@ class JobSpec:
 
 
 def _section(kind: type, cfg: Mapping) -> Any:
+    """One section of a frozen resolved config: each field read at its ``key`` metadata."""
     values = {}
     for f in dataclasses.fields(kind):
         if f.metadata.get("derived"):
