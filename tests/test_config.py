@@ -201,30 +201,27 @@ def test_training_arguments_is_the_one_place_for_trainer_keywords():
     assert "use_cpu" not in training_arguments(JobSpec.from_resolved(cfg, cuda=True), cuda=True)
 
 
-def test_dry_run_validates_once(tmp_path, monkeypatch):
+def test_dry_run_validates_once(tmp_path):
+    from unittest import mock
+
     import yaml
     from click.testing import CliRunner
 
+    import lmforge.config.schema as schema
     import lmforge.config.spec as specmod
     from lmforge.cli.main import cli
 
-    counts = {}
-
-    def counted(name, fn):
-        def wrapper(*a, **k):
-            counts[name] = counts.get(name, 0) + 1
-            return fn(*a, **k)
-        return wrapper
-
-    monkeypatch.setattr(specmod, "validate", counted("validate", specmod.validate))
-    monkeypatch.setattr(specmod, "training_arguments", counted("training_arguments", specmod.training_arguments))
-    monkeypatch.setattr(specmod.trainargs, "check_combination",
-                        counted("check_combination", specmod.trainargs.check_combination))
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"model": "tiny-llama", "data": {"train_file": DATA}}))
-    res = CliRunner().invoke(cli, ["train", str(cfg), "--dry-run"])
+    validate_ = mock.Mock(wraps=schema.validate)  # counted wherever it is called from
+    with mock.patch.object(schema, "validate", validate_), mock.patch.object(specmod, "validate", validate_), \
+            mock.patch.object(specmod, "training_arguments", wraps=specmod.training_arguments) as targs, \
+            mock.patch.object(specmod.trainargs, "check_names", wraps=specmod.trainargs.check_names) as names, \
+            mock.patch.object(specmod.trainargs, "check_combination",
+                              wraps=specmod.trainargs.check_combination) as combination:
+        res = CliRunner().invoke(cli, ["train", str(cfg), "--dry-run"])
     assert res.exit_code == 0, res.output
-    assert counts == {"validate": 1, "training_arguments": 1, "check_combination": 1}
+    assert (validate_.call_count, targs.call_count, names.call_count, combination.call_count) == (1, 1, 1, 1)
 
 
 def test_run_training_does_not_validate_a_spec_again(monkeypatch):
