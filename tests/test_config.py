@@ -141,3 +141,104 @@ def test_dry_run_accepts_a_good_train_section(tmp_path):
                                              "save_strategy": "no"}}))
     res = CliRunner().invoke(cli, ["train", str(cfg), "--dry-run"])
     assert res.exit_code == 0, res.output
+
+
+# ---------------------------------------------------------------- the typed, immutable job spec
+def test_spec_is_immutable():
+    import dataclasses
+
+    from lmforge.config.spec import build_spec
+
+    spec = build_spec(base(peft={"method": "lora", "r": 4}, train={"report_to": ["none"]}))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.model.name = "other"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.train = None  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        spec.peft.options["r"] = 8  # type: ignore[index]
+    with pytest.raises(TypeError):
+        spec.config["model"] = "other"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        spec.config["data"]["train_file"] = "x"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        spec.train.arguments["max_steps"] = 1  # type: ignore[index]
+    assert spec.train.args["report_to"] == ("none",)  # lists are frozen too
+    copy = spec.to_dict()  # a plain copy; changing it leaves the spec alone
+    copy["peft"]["r"] = 8
+    assert spec.peft.options["r"] == 4 and spec.to_dict()["peft"]["r"] == 4
+
+
+def test_spec_sections_cover_the_schema_and_keep_the_resolved_config():
+    import dataclasses
+
+    from lmforge.config.spec import SECTIONS, build_spec, schema_keys
+
+    spec = build_spec(base(peft={"method": "lora", "r": 4}, launcher={"name": "torchrun", "rdzv_id": "x"}))
+    assert spec.to_dict() == validate(base(peft={"method": "lora", "r": 4},
+                                           launcher={"name": "torchrun", "rdzv_id": "x"}))
+    keys = {f.metadata["key"] for kind in SECTIONS.values() for f in dataclasses.fields(kind) if "key" in f.metadata}
+    covered = {k for k in schema_keys() if k in keys or f"{k.split('.')[0]}.*" in keys}
+    assert schema_keys() - covered == {"plugins", "lmforge_version"}  # provenance, not job settings
+    assert spec.model.name == "tiny-llama" and spec.data.train_file == DATA and spec.run.output_dir == "/tmp/unused"
+    assert spec.peft.method == "lora" and dict(spec.peft.options)["r"] == 4 and "method" not in spec.peft.options
+    assert spec.launcher.name == "torchrun" and spec.launcher.options["rdzv_id"] == "x"
+    assert "nnodes" not in spec.launcher.options and spec.launcher.world_size == 1
+
+
+def test_training_arguments_is_the_one_place_for_trainer_keywords():
+    from lmforge.config.spec import JobSpec, training_arguments
+    from lmforge.config.trainargs import TRAIN_DEFAULTS
+
+    cfg = validate(base(data={"train_file": DATA, "valid_file": DATA}, packing=True, gradient_checkpointing=True,
+                        train={"max_steps": 3, "resume_from_checkpoint": True, "deepspeed": "/x/ds.json"}))
+    args = training_arguments(JobSpec.from_resolved(cfg, cuda=False), cuda=False)
+    assert args["max_steps"] == 3 and args["deepspeed"] == "/x/ds.json"  # user's and launcher's train: keys
+    assert args["learning_rate"] == TRAIN_DEFAULTS["learning_rate"] and args["output_dir"] == "/tmp/unused"
+    assert "resume_from_checkpoint" not in args  # Trainer.train's argument
+    assert args["eval_strategy"] == "steps" and args["eval_steps"] == TRAIN_DEFAULTS["save_steps"]
+    assert args["gradient_checkpointing"] is True and args["remove_unused_columns"] is False
+    assert args["use_cpu"] is True and args["dataloader_pin_memory"] is False
+    assert "use_cpu" not in training_arguments(JobSpec.from_resolved(cfg, cuda=True), cuda=True)
+
+
+def test_dry_run_validates_once(tmp_path):
+    from unittest import mock
+
+    import yaml
+    from click.testing import CliRunner
+
+    import lmforge.config.schema as schema
+    import lmforge.config.spec as specmod
+    from lmforge.cli.main import cli
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"model": "tiny-llama", "data": {"train_file": DATA}}))
+    validate_ = mock.Mock(wraps=schema.validate)  # counted wherever it is called from
+    with mock.patch.object(schema, "validate", validate_), mock.patch.object(specmod, "validate", validate_), \
+            mock.patch.object(specmod, "training_arguments", wraps=specmod.training_arguments) as targs, \
+            mock.patch.object(specmod.trainargs, "check_names", wraps=specmod.trainargs.check_names) as names, \
+            mock.patch.object(specmod.trainargs, "check_combination",
+                              wraps=specmod.trainargs.check_combination) as combination:
+        res = CliRunner().invoke(cli, ["train", str(cfg), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert (validate_.call_count, targs.call_count, names.call_count, combination.call_count) == (1, 1, 1, 1)
+
+
+def test_run_training_does_not_validate_a_spec_again(monkeypatch):
+    import lmforge.config.spec as specmod
+
+    spec = specmod.build_spec(base())
+    calls = []
+    monkeypatch.setattr(specmod, "validate", lambda *a, **k: calls.append("validate"))
+    monkeypatch.setattr(specmod, "training_arguments", lambda *a, **k: calls.append("training_arguments"))
+
+    class Reached(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise Reached
+
+    monkeypatch.setattr(training, "resolve_model", stop)
+    with pytest.raises(Reached):
+        training.run_training(spec)
+    assert calls == []

@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from lmforge.train.pipeline import TrainResult
+from lmforge.config.spec import JobSpec
+from lmforge.train.pipeline import TrainResult, run_training
 
 # train_local keyword -> config key path
 _KEYMAP = {
@@ -85,6 +86,11 @@ class FineTune:
         and any ``transformers.TrainingArguments`` field (``max_steps``,
         ``learning_rate``, ``per_device_train_batch_size`` ...).
         """
-        from lmforge.train.pipeline import run_training
+        return run_training(self.build_spec(train_fpath, output_dir, validation_fpath, peft, peft_options, **kwargs))
 
-        return run_training(self.build_config(train_fpath, output_dir, validation_fpath, peft, peft_options, **kwargs))
+    def build_spec(self, train_fpath, output_dir: str, validation_fpath=None, peft: str | None = None,
+                   peft_options: dict | None = None, **kwargs: Any) -> JobSpec:
+        """The validated, frozen :class:`~lmforge.config.spec.JobSpec` :meth:`train_local` would run."""
+        from lmforge.config.spec import build_spec
+
+        return build_spec(self.build_config(train_fpath, output_dir, validation_fpath, peft, peft_options, **kwargs))

@@ -102,6 +102,12 @@ def deepspeed_config(launcher_cfg: dict) -> dict:
     }
 
 
+def _with_train_keys(cfg: dict, keys: dict) -> dict:
+    """A copy of the workers' config with ``keys`` added to ``train:``: what a launcher's ``prepare`` adds
+    to the ``TrainingArguments`` (the workers' :func:`lmforge.config.spec.training_arguments` reads them)."""
+    return {**cfg, "train": {**(cfg.get("train") or {}), **keys}}
+
+
 def deepspeed_prepare(cfg: dict) -> dict:
     """Write ``OUTPUT_DIR/deepspeed.json`` and point ``train.deepspeed`` at it (the Trainer's DeepSpeed)."""
     ds = deepspeed_config(cfg["launcher"])
@@ -112,9 +118,7 @@ def deepspeed_prepare(cfg: dict) -> dict:
         json.dump(ds, f, indent=2)
         f.write("\n")
     os.replace(tmp, path)
-    cfg = dict(cfg)
-    cfg["train"] = {**cfg["train"], "deepspeed": path}
-    return cfg
+    return _with_train_keys(cfg, {"deepspeed": path})
 
 
 def deepspeed_check(cfg: dict) -> None:
@@ -162,9 +166,8 @@ def fsdp_check(cfg: dict) -> None:
 
 
 def fsdp_prepare(cfg: dict) -> dict:
-    cfg = dict(cfg)
-    cfg["train"] = {**cfg["train"], **fsdp_settings(cfg["launcher"])}
-    return cfg
+    """Put ``train.fsdp`` / ``train.fsdp_config`` (:func:`fsdp_settings`) into the workers' config."""
+    return _with_train_keys(cfg, fsdp_settings(cfg["launcher"]))
 
 
 FSDP = Launcher(

@@ -143,7 +143,8 @@ def train_cmd(config, overrides, model, output_dir, peft, max_steps, max_length,
               master_port, zero, submit, threads, verbose) -> None:
     """Train from a YAML CONFIG (see docs/config.md; several processes, nodes, DeepSpeed, Slurm:
     docs/distributed.md)."""
-    from lmforge.config.schema import apply_launcher_env, apply_overrides, load_yaml, set_key, to_yaml, validate
+    from lmforge.config.schema import apply_launcher_env, apply_overrides, load_yaml, set_key, to_yaml
+    from lmforge.config.spec import build_spec
     from lmforge.runtime.quiet import set_verbose
 
     set_verbose(verbose)
@@ -169,63 +170,62 @@ def train_cmd(config, overrides, model, output_dir, peft, max_steps, max_length,
     # plugins/lmforge_version in a reused lmforge.yaml are provenance, not input
     raw.pop("plugins", None)
     raw.pop("lmforge_version", None)
-    cfg = validate(raw)
+    # the one validation of the job: keys, plugin names, options and train: against TrainingArguments
+    spec = build_spec(raw)
     from lmforge.plugins.registry import get_registry
 
-    launcher = get_registry().launcher(cfg["launcher"]["name"])
+    launcher = get_registry().launcher(spec.launcher.name)
     if dry_run:
-        from lmforge.config.schema import validate_train_section
-
-        validate_train_section(cfg)  # TrainingArguments names and combinations, as the run would check them
-        click.echo(to_yaml(cfg))
+        click.echo(to_yaml(spec.to_dict()))
         if launcher.launch is not None:  # schedulers: write and show the job script, do not submit
-            cfg["launcher"]["submit"] = False
-            _launch(cfg, launcher)
+            _launch(spec, launcher, submit=False)
         return
     if launcher.in_process:
         from lmforge.train.pipeline import run_training
 
-        res = run_training(cfg)
+        res = run_training(spec)
         click.echo(json.dumps({"output_dir": res.output_dir, "global_step": res.global_step,
                                "train_loss": res.train_loss, "eval_loss_before": res.eval_loss_before,
                                "eval_loss_after": res.eval_loss_after}))
         return
-    _launch(cfg, launcher)
+    _launch(spec, launcher)
 
 
-def _launch(cfg: dict, launcher) -> None:
+def _launch(spec, launcher, submit: bool | None = None) -> None:
+    """Start the workers of a multi-process launcher (or hand the job to a scheduler's ``launch``)."""
     import subprocess
 
     from lmforge.config.schema import to_yaml
-    from lmforge.plugins.descriptors import LaunchSpec
+    from lmforge.plugins.descriptors import LaunchSpec, resolve_ref
     from lmforge.train.runstart import launch_workers_config
 
-    from lmforge.plugins.descriptors import resolve_ref
-
-    lc = cfg["launcher"]
     start = None
-    if launcher.launch is None and (lc["nnodes"] == 1 or lc["node_rank"] == 0):
+    if launcher.launch is None and (spec.launcher.nnodes == 1 or spec.launcher.node_rank == 0):
         # checks, lock and --overwrite/--resume, held until the workers exit; on a multi-node job the
         # node-0 parent prepares the (shared) output_dir, the other nodes' parents only start workers
-        start, cfg = launch_workers_config(cfg)
+        start, cfg = launch_workers_config(spec)
         if start is None:
             return
+    else:
+        cfg = spec.to_dict()
+    if submit is not None:
+        cfg["launcher"]["submit"] = submit
     os.makedirs(cfg["output_dir"], exist_ok=True)
-    if launcher.prepare is not None:
+    if launcher.prepare is not None:  # e.g. train.deepspeed / train.fsdp for the workers' TrainingArguments
         cfg = resolve_ref(launcher.prepare)(cfg)
     path = os.path.join(cfg["output_dir"], "launch_config.yaml")
     with open(path, "w", encoding="utf-8") as f:
         f.write(to_yaml(cfg))
     lc = cfg["launcher"]
-    spec = LaunchSpec(
+    launch = LaunchSpec(
         worker_argv=(sys.executable, "-m", "lmforge.train.worker", path),
         nproc_per_node=lc["nproc_per_node"], nnodes=lc["nnodes"], node_rank=lc["node_rank"],
         master_addr=lc["master_addr"], master_port=lc["master_port"],
         options={k: v for k, v in lc.items() if k not in LaunchSpec.__dataclass_fields__ and k != "name"},
     )
     if launcher.launch is not None:
-        sys.exit(resolve_ref(launcher.launch)(spec, cfg, path))
-    argv = launcher.command(spec)
+        sys.exit(resolve_ref(launcher.launch)(launch, cfg, path))
+    argv = launcher.command(launch)
     click.echo(f"[lmforge] launching: {' '.join(argv)}", err=True)
     env = dict(os.environ)
     if start is not None:

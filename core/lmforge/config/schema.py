@@ -5,8 +5,10 @@ plugin names and PEFT options, before any model is loaded. Errors name the key
 path (``peft.r``, ``data.train_file``) and suggest the closest known key.
 
 The ``train:`` section passes through to ``transformers.TrainingArguments``; its
-keys are checked against that dataclass by :func:`validate_train_section`
+keys are checked against that dataclass by :mod:`lmforge.config.trainargs`
 (which imports transformers, so it runs only on the training path).
+:func:`lmforge.config.spec.build_spec` runs both and returns the typed, frozen
+:class:`~lmforge.config.spec.JobSpec` the training path uses.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from lmforge.plugins.descriptors import Option, resolve_ref, validate_options
-from lmforge.config.trainargs import TRAIN_DEFAULTS, train_arguments  # noqa: F401 - re-exported
 from lmforge.errors import ConfigError, PluginError, did_you_mean
 
 
@@ -327,41 +328,8 @@ def apply_launcher_env(raw: dict, environ: Mapping[str, str]) -> None:
         raw["launcher"] = section
 
 
-def validate_train_section(cfg: Mapping) -> None:
-    """Check ``train:`` keys and simple value types against ``transformers.TrainingArguments``.
-
-    Imports transformers; called by the training path before the model is loaded.
-    """
-    import dataclasses
-    import typing
-
-    from transformers import TrainingArguments
-
-    fields = {f.name: f for f in dataclasses.fields(TrainingArguments) if f.init}
-    for key, value in (cfg.get("train") or {}).items():
-        if key not in fields:
-            raise ConfigError(
-                f"train.{key}: not a transformers.TrainingArguments field{did_you_mean(key, fields)}"
-            )
-        hint = fields[key].type
-        if isinstance(hint, str):
-            simple = {"int": int, "float": float, "bool": bool, "str": str}.get(hint.strip())
-        else:
-            simple = hint if hint in (int, float, bool, str) else None
-            if simple is None and typing.get_origin(hint) is typing.Union:
-                args = [a for a in typing.get_args(hint) if a is not type(None)]
-                simple = args[0] if len(args) == 1 and args[0] in (int, float, bool, str) else None
-        if simple is not None and value is not None:
-            try:
-                Option(key, simple).coerce(value, f"train.{key}")
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-    from lmforge.config.trainargs import check as check_train_arguments
-
-    check_train_arguments(cfg)  # enum names (optim, lr_scheduler_type ...) with a did-you-mean, then combinations
-
-
 def to_yaml(cfg: Mapping) -> str:
+    """A resolved config (a plain dict, e.g. :meth:`JobSpec.to_dict`) as YAML, key order kept."""
     import yaml
 
     return yaml.safe_dump(dict(cfg), sort_keys=False, allow_unicode=True)

@@ -1,12 +1,14 @@
-"""Checks of the ``train:`` section before any work: names with a did-you-mean, then the combination.
+"""The ``train:`` section: lmforge's defaults, and its checks before any work.
 
-``transformers.TrainingArguments`` accepts a string for its enum fields (``optim``,
-``lr_scheduler_type``, ``save_strategy`` ...) and only complains when the trainer
-is built, after tokenization, with a list of every name. :func:`check_values` checks
-every enum-typed key against the enum's values with one ``error:`` line and the
-closest name; :func:`check_combination` then builds the ``TrainingArguments`` the run
-would build (in a temporary output directory), so conflicting keys fail in
-``--dry-run`` and at the start of a run, not minutes later.
+:func:`check_names` checks every key against the ``transformers.TrainingArguments``
+fields (with a did-you-mean) and simple value types. ``TrainingArguments`` accepts a
+string for its enum fields (``optim``, ``lr_scheduler_type``, ``save_strategy`` ...)
+and only complains when the trainer is built, after tokenization, with a list of
+every name; :func:`check_values` checks every enum-typed key against the enum's values
+with one ``error:`` line and the closest name. :func:`check_combination` then builds
+the ``TrainingArguments`` the run will build (in a temporary output directory), so
+conflicting keys fail in ``--dry-run`` and at the start of a run, not minutes later.
+:func:`lmforge.config.spec.build_spec` runs the three, once per job.
 """
 
 from __future__ import annotations
@@ -35,12 +37,41 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "disable_tqdm": False,
 }
 
-def train_arguments(cfg: Mapping) -> dict:
-    """The keyword arguments for ``TrainingArguments``: lmforge defaults, then ``train:``."""
+def with_train_defaults(train: Mapping | None) -> dict:
+    """lmforge's defaults, then the user's ``train:`` keys (the base of
+    :func:`lmforge.config.spec.training_arguments`; also how two runs' ``train:`` sections are compared)."""
     args = dict(TRAIN_DEFAULTS)
-    args.update(cfg.get("train") or {})
-    args["output_dir"] = cfg["output_dir"]  # TensorBoard events land in OUTPUT_DIR/runs/
+    args.update(train or {})
     return args
+
+
+def check_names(train: Mapping) -> None:
+    """Every ``train:`` key is a ``TrainingArguments`` field (with a did-you-mean), and simple values have its type."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from lmforge.plugins.descriptors import Option
+
+    fields = {f.name: f for f in dataclasses.fields(TrainingArguments) if f.init}
+    for key, value in train.items():
+        if key not in fields:
+            raise ConfigError(
+                f"train.{key}: not a transformers.TrainingArguments field{did_you_mean(key, fields)}"
+            )
+        hint = fields[key].type
+        if isinstance(hint, str):
+            simple = {"int": int, "float": float, "bool": bool, "str": str}.get(hint.strip())
+        else:
+            simple = hint if hint in (int, float, bool, str) else None
+            if simple is None and typing.get_origin(hint) is typing.Union:
+                args = [a for a in typing.get_args(hint) if a is not type(None)]
+                simple = args[0] if len(args) == 1 and args[0] in (int, float, bool, str) else None
+        if simple is not None and value is not None:
+            try:
+                Option(key, simple).coerce(value, f"train.{key}")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
 
 
 def _enum_fields() -> dict[str, type[enum.Enum]]:
@@ -63,10 +94,10 @@ def _enum_fields() -> dict[str, type[enum.Enum]]:
     return out
 
 
-def check_values(cfg: Mapping) -> None:
+def check_values(train: Mapping) -> None:
     """Every enum-typed ``train.*`` value is one of the enum's names (``train.optim``, ``train.lr_scheduler_type``...)."""
     fields = _enum_fields()
-    for key, value in (cfg.get("train") or {}).items():
+    for key, value in train.items():
         kind = fields.get(key)
         if kind is None or value is None or isinstance(value, enum.Enum):
             continue
@@ -81,33 +112,14 @@ def check_values(cfg: Mapping) -> None:
                           f"known: {shown}")
 
 
-def run_kwargs(cfg: Mapping) -> dict[str, Any]:
-    """The ``TrainingArguments`` keywords ``run_training`` passes, as far as they are known before data is read."""
+def check_combination(arguments: Mapping[str, Any]) -> None:
+    """Build the job's ``TrainingArguments`` in a temporary directory; a conflict is one ``train:`` error.
 
-    kwargs = train_arguments(cfg)
-    kwargs.pop("resume_from_checkpoint", None)
-    kwargs.setdefault("include_num_input_tokens_seen", "non_padding")
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            kwargs.setdefault("dataloader_pin_memory", False)
-            kwargs.setdefault("use_cpu", True)
-    except ImportError:
-        pass
-    if (cfg.get("data") or {}).get("valid_file") and "eval_strategy" not in (cfg.get("train") or {}):
-        kwargs["eval_strategy"] = "steps"
-        kwargs.setdefault("eval_steps", kwargs.get("save_steps", 500))
-    if cfg.get("gradient_checkpointing"):
-        kwargs["gradient_checkpointing"] = True
-    return kwargs
-
-
-def check_combination(cfg: Mapping) -> None:
-    """Build the run's ``TrainingArguments`` in a temporary directory; a conflict is one ``train:`` error."""
+    ``arguments`` are the keywords :func:`lmforge.config.spec.training_arguments` made (not changed here).
+    """
     from transformers import TrainingArguments
 
-    kwargs = run_kwargs(cfg)
+    kwargs = dict(arguments)
     kwargs.pop("deepspeed", None)  # the deepspeed launcher writes and checks its own config
     with tempfile.TemporaryDirectory(prefix="lmforge-check-") as tmp:
         kwargs["output_dir"] = os.path.join(tmp, "out")
@@ -116,9 +128,3 @@ def check_combination(cfg: Mapping) -> None:
         except (ValueError, TypeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"train: {first}") from None
-
-
-def check(cfg: Mapping) -> None:
-    """Names first (with a did-you-mean), then the combination."""
-    check_values(cfg)
-    check_combination(cfg)

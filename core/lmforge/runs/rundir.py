@@ -479,11 +479,11 @@ def config_differences(saved: Mapping, new: Mapping) -> list[tuple[str, Any, Any
     value given explicitly equal to the default is not a difference. Keys in
     :data:`START_KEYS` and ``output_dir`` are ignored.
     """
-    from lmforge.config.schema import train_arguments
+    from lmforge.config.trainargs import with_train_defaults
 
     def norm(cfg: Mapping) -> dict[str, Any]:
         c = dict(cfg)
-        c["train"] = {k: v for k, v in train_arguments({**c, "output_dir": ""}).items() if k != "output_dir"}
+        c["train"] = with_train_defaults(c.get("train"))
         flat = _flatten(c)
         return {k: v for k, v in flat.items()
                 if k != "output_dir" and not any(k == s or k.startswith(s + ".") for s in START_KEYS)}

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from lmforge.config.spec import JobSpec
 from lmforge.errors import ConfigError
 
 
-def check(cfg: dict) -> None:
+def check(spec: JobSpec) -> None:
     """Refuse combinations that cannot work, before any work is done."""
-    if not cfg.get("eval_with_generation"):
+    if not spec.eval.with_generation:
         return
-    if not cfg["data"].get("valid_file"):
+    if not spec.data.valid_file:
         raise ConfigError("eval_with_generation: needs data.valid_file (the prompts and answers to score)")
-    if cfg.get("packing"):
+    if spec.packing.enabled:
         raise ConfigError("eval_with_generation: not available with packing: true (training patches the "
                           "attention for packed rows); evaluate afterwards with `lmforge predict`")
     for mod in ("jieba", "rouge_chinese", "nltk"):
@@ -30,20 +31,20 @@ def check(cfg: dict) -> None:
             raise ConfigError(f"eval_with_generation: needs {mod}: pip install 'lmforge[metrics]'") from None
 
 
-def callback(cfg: dict, family, tokenizer, registry):
+def callback(spec: JobSpec, family, tokenizer, registry):
     """The TrainerCallback, or ``None`` when ``eval_with_generation`` is off. Attach ``.trainer`` after building it."""
-    if not cfg.get("eval_with_generation"):
+    opts = spec.eval
+    if not opts.with_generation:
         return None
     from transformers import TrainerCallback
 
     from lmforge.data.readers import expand_paths, iter_examples
     from lmforge.inference.predict import to_item
 
-    opts = cfg.get("eval_generation") or {}
-    limit = opts.get("max_examples", 64)
+    limit = opts.max_examples
     items = []
-    for path in expand_paths(cfg["data"]["valid_file"], "data.valid_file"):
-        for k, ex in enumerate(iter_examples(path, cfg["data"]["format"], registry, on_error="skip")):
+    for path in expand_paths(spec.data.valid_file, "data.valid_file"):
+        for k, ex in enumerate(iter_examples(path, spec.data.format, registry, on_error="skip")):
             if ex.messages and ex.messages[-1].role == "assistant":
                 items.append(to_item(f"{path}:{k}", ex))
             if len(items) >= limit:
@@ -64,10 +65,10 @@ def callback(cfg: dict, family, tokenizer, registry):
 
             model = model if model is not None else self.trainer.model
             was_training = model.training
-            comp = Completion.from_model(model, tokenizer, family, template=cfg["data"]["template"])
-            params = SamplingParams(max_new_tokens=opts.get("max_new_tokens", 64))
+            comp = Completion.from_model(model, tokenizer, family, template=spec.data.template)
+            params = SamplingParams(max_new_tokens=opts.max_new_tokens)
             preds = []
-            bs = opts.get("batch_size", 8)
+            bs = opts.batch_size
             with torch.no_grad():
                 for i in range(0, len(items), bs):
                     chunk = items[i:i + bs]

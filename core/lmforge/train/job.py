@@ -1,6 +1,7 @@
 """What one training job is, below the pipeline and the run-start checks that both use it:
 its result, its log line, the capability checks made before weights load, and the
-resolved config recorded in ``lmforge.yaml``."""
+resolved config recorded in ``lmforge.yaml``. The job itself is a
+:class:`~lmforge.config.spec.JobSpec`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from lmforge import __version__
+from lmforge.config.spec import JobSpec
 from lmforge.errors import CapabilityError, LmforgeError
 from lmforge.modeling.loading import ModelSource
 
@@ -44,25 +46,29 @@ def log(msg: str) -> None:
 # checks before loading weights
 
 
-def check_capabilities(cfg: Mapping, source: ModelSource, registry) -> None:
-    """Refuse PEFT methods and features the family declares unsupported, with its reason."""
+def check_capabilities(spec: JobSpec | Mapping, source: ModelSource, registry) -> None:
+    """Refuse PEFT methods and features the family declares unsupported, with its reason.
+
+    ``spec`` is the job's :class:`JobSpec` (or a config :func:`~lmforge.config.schema.validate` resolved).
+    """
+    if not isinstance(spec, JobSpec):
+        spec = JobSpec.from_resolved(spec)
     fam = source.family
-    method = registry.peft_method(cfg["peft"]["method"])
+    method = registry.peft_method(spec.peft.method)
     cap = fam.capability(method.capability_key)
     if not cap.usable:
         raise CapabilityError(f"peft.method: {method.name!r} is not supported by the {fam.name!r} family: {cap.reason}")
     if cap.status == "experimental":
         log(f"warning: {method.name!r} on {fam.name!r} is experimental: {cap.reason}")
-    if cfg.get("gradient_checkpointing"):
+    if spec.model.gradient_checkpointing:
         gc = fam.capability("gradient_checkpointing")
         if not gc.usable:
             raise CapabilityError(f"gradient_checkpointing: not supported by {fam.name!r}: {gc.reason}")
-    attn = cfg.get("attn_implementation")
-    if attn == "flash_attention_2":
+    if spec.model.attn_implementation == "flash_attention_2":
         fa = fam.capability("flash_attention")
         if not fa.usable:
             raise CapabilityError(f"attn_implementation: flash attention is not supported by {fam.name!r}: {fa.reason}")
-    if cfg.get("packing"):
+    if spec.packing.enabled:
         pk = fam.capability("packing")
         if not pk.usable:
             raise CapabilityError(f"packing: the {fam.name!r} family cannot be packed safely: {pk.reason}")
@@ -75,9 +81,12 @@ def check_capabilities(cfg: Mapping, source: ModelSource, registry) -> None:
             raise LmforgeError(f"peft.method {method.name!r} needs the package {req!r}: pip install {req}")
 
 
-def resolved_run_config(cfg: Mapping, source: ModelSource, registry) -> dict:
-    """The config as written to ``lmforge.yaml``: resolved values plus plugin provenance."""
-    out = dict(cfg)
+def resolved_run_config(spec: JobSpec, source: ModelSource, registry) -> dict:
+    """The config as written to ``lmforge.yaml``: resolved values plus plugin provenance, without the keys
+    that only say how this run was started (:func:`lmforge.runs.rundir.strip_start_keys`)."""
+    from lmforge.runs.rundir import strip_start_keys
+
+    out = strip_start_keys(spec.to_dict())
     out["family"] = source.family.name
     out["lmforge_version"] = __version__
 
@@ -87,9 +96,9 @@ def resolved_run_config(cfg: Mapping, source: ModelSource, registry) -> dict:
 
     out["plugins"] = {
         "family": prov("model_families", source.family.name),
-        "peft": prov("peft_methods", cfg["peft"]["method"]),
-        "launcher": prov("launchers", cfg["launcher"]["name"]),
+        "peft": prov("peft_methods", spec.peft.method),
+        "launcher": prov("launchers", spec.launcher.name),
     }
-    if cfg["data"]["format"] != "auto":
-        out["plugins"]["data_format"] = prov("data_formats", cfg["data"]["format"])
+    if spec.data.format != "auto":
+        out["plugins"]["data_format"] = prov("data_formats", spec.data.format)
     return out

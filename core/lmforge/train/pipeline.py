@@ -1,9 +1,11 @@
 """The job pipeline: config -> family -> peft -> data -> engine -> output.
 
 :func:`run_training` is what ``lmforge train`` and ``FineTune.train_local`` run
-in every worker process. Everything that can be checked without weights
-(config, plugin names, capabilities, data records) is checked before the model
-is loaded, so mistakes fail in seconds.
+in every worker process. It takes the job's :class:`~lmforge.config.spec.JobSpec`
+(built once, at the top: by the CLI, the API or the worker) and reads its typed
+sections; nothing here validates the config again. Everything that can be checked
+without weights (config, plugin names, capabilities, data records) is checked
+before the model is loaded, so mistakes fail in seconds.
 
 The engine is ``transformers.Trainer``; lmforge adds an atomic checkpoint save
 (a crash mid-save never leaves a half-written ``checkpoint-N``), a JSONL step
@@ -18,7 +20,8 @@ import shutil
 import time
 from typing import Any, Mapping
 
-from lmforge.config.schema import to_yaml, train_arguments, validate, validate_train_section
+from lmforge.config.schema import to_yaml
+from lmforge.config.spec import JobSpec, build_spec, thaw
 from lmforge.plugins.descriptors import PeftContext, resolve_ref
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.runs import rundir
@@ -214,53 +217,53 @@ def _write_atomic(path: str, text: str) -> None:
 # the job
 
 
-def run_training(raw_cfg: Mapping, registry=None) -> TrainResult:
+def run_training(job: JobSpec | Mapping, registry=None) -> TrainResult:
     """Run one training job in this process; returns a :class:`TrainResult`.
 
-    Raises :class:`~lmforge.errors.LmforgeError` subclasses for every user
-    mistake (config, capability, data), before any weights are loaded.
+    ``job`` is the :class:`JobSpec` (or a raw config, validated here by
+    :func:`~lmforge.config.spec.build_spec`). Raises
+    :class:`~lmforge.errors.LmforgeError` subclasses for every user mistake
+    (config, capability, data), before any weights are loaded.
     """
     from lmforge.plugins.registry import get_registry
 
     reg = registry or get_registry()
-    cfg = validate(raw_cfg, reg)
+    spec = job if isinstance(job, JobSpec) else build_spec(job, reg)
     from lmforge.train.runstart import PREPARED_ENV
 
-    # a second run into a busy directory fails before any import (rank 0 only; the ranks of a
+    # a second run into a busy directory fails before any work (rank 0 only; the ranks of a
     # launched job, and the workers of other nodes, run under the lock their launcher holds)
-    if int(os.environ.get("RANK", "0")) == 0 and os.environ.get(PREPARED_ENV) != os.path.abspath(cfg["output_dir"]):
-        rundir.refuse_if_locked(cfg["output_dir"])
-    validate_train_section(cfg)
+    out_dir = spec.run.output_dir
+    if int(os.environ.get("RANK", "0")) == 0 and os.environ.get(PREPARED_ENV) != os.path.abspath(out_dir):
+        rundir.refuse_if_locked(out_dir)
     from lmforge.runtime.threads import apply as apply_threads
 
-    apply_threads(cfg["threads"], log)  # before any torch work: never oversubscribe a shared CPU
+    apply_threads(spec.run.threads, log)  # before any torch work: never oversubscribe a shared CPU
     import torch
 
     from lmforge.runtime.quiet import configure_for_training
 
     configure_for_training(torch.cuda.is_available())  # no library noise unless --verbose
-    source = resolve_model(cfg["model"], family=cfg.get("family"), registry=reg)
-    check_capabilities(cfg, source, reg)
+    source = resolve_model(spec.model.name, family=spec.model.family, registry=reg)
+    check_capabilities(spec, source, reg)
     from lmforge.train import evalgen
 
-    evalgen.check(cfg)
-    method = reg.peft_method(cfg["peft"]["method"])
-    out_dir = cfg["output_dir"]
+    evalgen.check(spec)
     # every check that needs no weights and no tokenization, before anything is written (rundir.py)
     from lmforge.train.runstart import disk_error, preflight
 
-    resolved = rundir.strip_start_keys(resolved_run_config(cfg, source, reg))
-    start = preflight(cfg, source, reg, log, resolved)
+    resolved = resolved_run_config(spec, source, reg)
+    start = preflight(spec, source, reg, log, resolved)
     if start.plan.action == "complete":
         return start.completed_result()
 
     # data records are read, validated and tokenized (through the token cache) before the model is loaded
     from lmforge.data.prepare import prepare_job_data
 
-    job_data = prepare_job_data(cfg, source, reg, log, seed=train_arguments(cfg)["seed"])
+    job_data = prepare_job_data(spec.config, source, reg, log, seed=spec.train.arguments["seed"])
     start.begin()  # the exclusive lock on output_dir; --overwrite / --resume applied under it
     try:
-        return _train_in_dir(cfg, source, reg, method, job_data, start)
+        return _train_in_dir(spec, source, reg, job_data, start)
     except LmforgeError:
         raise
     except Exception as exc:  # noqa: BLE001 - only a write failure (full disk, permissions) is rewritten
@@ -272,45 +275,33 @@ def run_training(raw_cfg: Mapping, registry=None) -> TrainResult:
         start.release()
 
 
-def _train_in_dir(cfg, source: ModelSource, reg, method, job_data, start) -> TrainResult:
-    out_dir = cfg["output_dir"]
+def _train_in_dir(spec: JobSpec, source: ModelSource, reg, job_data, start) -> TrainResult:
+    out_dir = spec.run.output_dir
     import torch
     from transformers import TrainingArguments
 
-    targs_kwargs = train_arguments(cfg)
-    targs_kwargs.pop("resume_from_checkpoint", None)
-    targs_kwargs.setdefault("include_num_input_tokens_seen", "non_padding")
-    if not torch.cuda.is_available():
-        targs_kwargs.setdefault("dataloader_pin_memory", False)
-        # without this, accelerate treats CPU workers started by torchrun as independent jobs
-        targs_kwargs.setdefault("use_cpu", True)
-    if job_data.has_valid and "eval_strategy" not in (cfg.get("train") or {}):
-        targs_kwargs["eval_strategy"] = "steps"
-        targs_kwargs.setdefault("eval_steps", targs_kwargs.get("save_steps", 500))
-    if cfg.get("gradient_checkpointing"):
-        targs_kwargs["gradient_checkpointing"] = True
-    if cfg.get("packing"):  # Trainer's column filter would strip the packed rows
-        targs_kwargs["remove_unused_columns"] = False
+    method = reg.peft_method(spec.peft.method)
+    targs_kwargs = thaw(spec.train.arguments)  # training_arguments(spec), made once by build_spec
     # memory estimate (OUTPUT_DIR/memory_estimate.json); dynamic_batch sets the micro-batch and
     # accumulation here, and a job that cannot fit stops before any weights load
     from lmforge.modeling.memory import plan_for_training
 
-    plan_for_training(cfg, source, targs_kwargs, reg, log)
+    plan_for_training(spec.config, source, targs_kwargs, reg, log)
     try:
         targs = TrainingArguments(**targs_kwargs)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"train: {exc}") from None
 
-    options = LoadOptions(dtype=cfg["dtype"], attn_implementation=cfg.get("attn_implementation"),
-                          trust_remote_code=cfg["trust_remote_code"], for_training=True)
-    peft_options = {k: v for k, v in cfg["peft"].items() if k != "method"}
+    options = LoadOptions(dtype=spec.model.dtype, attn_implementation=spec.model.attn_implementation,
+                          trust_remote_code=spec.model.trust_remote_code, for_training=True)
+    peft_options = thaw(spec.peft.options)
     if method.model_load_kwargs is not None:
         options.model_kwargs.update(resolve_ref(method.model_load_kwargs)(peft_options))
     torch.manual_seed(targs.seed)
     model, tokenizer = load_model(source, options)
-    if cfg.get("gradient_checkpointing") and hasattr(model, "config"):
+    if spec.model.gradient_checkpointing and hasattr(model, "config"):
         model.config.use_cache = False
-    ctx = PeftContext(family=source.family, tokenizer=tokenizer, config=cfg)
+    ctx = PeftContext(family=source.family, tokenizer=tokenizer, config=spec.config)
     model = resolve_ref(method.apply)(model, peft_options, ctx)
     params = parameter_report(model)
     log(f"peft {method.name}: trainable params {params['trainable_params']:,} / {params['total_params']:,} "
@@ -318,15 +309,15 @@ def _train_in_dir(cfg, source: ModelSource, reg, method, job_data, start) -> Tra
 
     from lmforge.data.encoding import make_encoder
 
-    encoder = make_encoder(tokenizer, source.family, max_length=cfg["max_length"],
-                           train_on_prompt=cfg["data"]["train_on_prompt"], template=cfg["data"]["template"])
+    encoder = make_encoder(tokenizer, source.family, max_length=spec.model.max_length,
+                           train_on_prompt=spec.data.train_on_prompt, template=spec.data.template)
     from lmforge.plugins.chat_jinja import attach as attach_chat_template
 
     attach_chat_template(tokenizer, encoder)  # saved tokenizers render the training prompt (apply_chat_template)
     # memory-mapped datasets; tokenized again only if the model's tokenizer differs from the one loaded alone
     train_feats, valid_feats = job_data.datasets_for(encoder)
     train_groups = None
-    if cfg.get("packing") and not cfg["data"]["online_packing"]:
+    if spec.packing.enabled and not spec.packing.online:
         train_groups = train_feats.line_groups()  # the samples of one offline-packed line stay one row
 
     LmforgeTrainer, JsonlLogCallback = _trainer_classes()
@@ -337,11 +328,12 @@ def _train_in_dir(cfg, source: ModelSource, reg, method, job_data, start) -> Tra
     loss_offset = read_loss_offset(resume)
     log_path = os.path.join(out_dir, TRAIN_LOG)
     train_dataset, collator, packed = ListDataset(train_feats), make_collator(encoder, tokenizer), None
-    if cfg.get("packing"):
+    if spec.packing.enabled:
         from lmforge.packing import prepare_packed_training
 
-        packed = prepare_packed_training(model, encoder, tokenizer, train_feats, cfg["max_length"], groups=train_groups,
-                                         fallback=collator, attn_requested=cfg.get("attn_implementation"))
+        packed = prepare_packed_training(model, encoder, tokenizer, train_feats, spec.model.max_length,
+                                         groups=train_groups, fallback=collator,
+                                         attn_requested=spec.model.attn_implementation)
         log(f"{packed.stats.summary()}; attention: {packed.attention}")
         train_dataset, collator = packed.dataset, packed.collator
     trainer = LmforgeTrainer(
@@ -358,7 +350,7 @@ def _train_in_dir(cfg, source: ModelSource, reg, method, job_data, start) -> Tra
 
     runfiles.pin_tensorboard_dir(trainer, out_dir)  # before the first evaluate() logs anything
     trainer.add_callback(runfiles.callback())
-    generation_metrics = evalgen.callback(cfg, source.family, tokenizer, reg)
+    generation_metrics = evalgen.callback(spec, source.family, tokenizer, reg)
     if generation_metrics is not None:
         generation_metrics.trainer = trainer
         trainer.add_callback(generation_metrics)

@@ -10,7 +10,8 @@ model atomically and marks the run ``complete``.
 
 Only global rank 0 touches the directory; with a multi-process launcher the
 ``lmforge train`` parent does the checks and holds the lock (see
-:func:`prepare_launch`), and the workers find ``LMFORGE_RUN_PREPARED`` set.
+:func:`launch_workers_config`), and the workers find ``LMFORGE_RUN_PREPARED`` set.
+Both read the job's :class:`~lmforge.config.spec.JobSpec`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from lmforge.config.spec import JobSpec
 from lmforge.runs import rundir
 from lmforge.errors import ConfigError, LmforgeError
 
@@ -29,8 +31,9 @@ RESULTS = "train_results.json"
 FINAL_STAGING = os.path.join(rundir.STAGING, "final")
 
 # train: keys that must be positive integers, and ones that must be non-negative numbers
+# (save_steps before eval_steps: without an eval_steps of its own, evaluation runs every save_steps)
 _POSITIVE_INT = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-                 "eval_accumulation_steps", "logging_steps", "eval_steps", "save_steps")
+                 "eval_accumulation_steps", "logging_steps", "save_steps", "eval_steps")
 _NON_NEGATIVE = ("learning_rate", "weight_decay", "warmup_steps", "warmup_ratio", "max_grad_norm",
                  "save_total_limit", "dataloader_num_workers")
 
@@ -55,16 +58,14 @@ def check_train_values(targs: Mapping[str, Any]) -> None:
         raise ConfigError(f"train.num_train_epochs: must be positive when train.max_steps is not set, got {ep!r}")
 
 
-def _check_data_paths(cfg: Mapping) -> None:
+def _check_data_paths(spec: JobSpec) -> None:
     from lmforge.data.readers import expand_paths
 
-    data = cfg["data"]
-    for split in ("train", "valid"):
-        spec = data.get(f"{split}_file")
-        if spec:
-            expand_paths(spec, f"data.{split}_file", allow_index=True)
-    if data.get("mix") and not os.path.isfile(data["mix"]):
-        raise ConfigError(f"data.mix: {data['mix']}: file not found")
+    for split, files in (("train", spec.data.train_file), ("valid", spec.data.valid_file)):
+        if files:
+            expand_paths(files, f"data.{split}_file", allow_index=True)
+    if spec.data.mix and not os.path.isfile(spec.data.mix):
+        raise ConfigError(f"data.mix: {spec.data.mix}: file not found")
 
 
 def _is_main() -> bool:
@@ -79,7 +80,7 @@ def _prepared_by_launcher(out_dir: str) -> bool:
 class RunStart:
     """One run's hold on its output directory, from the checks to ``complete``."""
 
-    cfg: Mapping
+    spec: JobSpec
     out_dir: str
     plan: rundir.RunPlan
     resume_checkpoint: str | None = None
@@ -177,28 +178,26 @@ class RunStart:
             self.lock = None
 
 
-def preflight(cfg: Mapping, source, registry, log: Callable[[str], None], run_config: Mapping) -> RunStart:
+def preflight(spec: JobSpec, source, registry, log: Callable[[str], None], run_config: Mapping) -> RunStart:
     """Every check that needs neither weights nor tokenization; writes nothing. Returns the run's plan.
 
     ``run_config`` is what this run would write to ``lmforge.yaml`` (compared
     with the saved one on ``--resume``). Raises :class:`LmforgeError` subclasses.
     """
     from lmforge.runs.artefacts import check_model_dir, check_tokenizer_code
-    from lmforge.config.schema import train_arguments
 
-    out_dir = cfg["output_dir"]
-    targs = train_arguments(cfg)
-    check_train_values(targs)
+    out_dir = spec.run.output_dir
+    check_train_values(spec.train.arguments)
     if source.path is not None:
         check_model_dir(source.path)
         if source.family.tokenizer_loader is None:
-            check_tokenizer_code(source.path, cfg.get("trust_remote_code", False))
-    _check_data_paths(cfg)
-    resume_opt = (cfg.get("train") or {}).get("resume_from_checkpoint")
+            check_tokenizer_code(source.path, spec.model.trust_remote_code)
+    _check_data_paths(spec)
+    resume_opt = spec.train.args.get("resume_from_checkpoint")
     explicit = resume_opt if isinstance(resume_opt, str) and resume_opt not in ("auto", "latest", "true", "True") \
         else None
     resume = bool(resume_opt) and resume_opt not in ("false", "False")
-    overwrite = bool(cfg.get("overwrite"))
+    overwrite = spec.run.overwrite
     if _prepared_by_launcher(out_dir) or not _is_main():
         # the launcher (or rank 0) owns the directory; workers take the checkpoint the launcher chose
         plan = rundir.RunPlan("resume" if explicit else "fresh", rundir.inspect_run_dir(out_dir))
@@ -206,7 +205,7 @@ def preflight(cfg: Mapping, source, registry, log: Callable[[str], None], run_co
         if resume and ckpt is None and os.path.isdir(out_dir):
             names = rundir.checkpoints(out_dir)
             ckpt = os.path.join(out_dir, names[-1]) if names else None
-        return RunStart(cfg, out_dir, plan, ckpt, log, dict(run_config))
+        return RunStart(spec, out_dir, plan, ckpt, log, dict(run_config))
     check_output_dir_writable(out_dir)
     saved = None
     if resume and os.path.isfile(os.path.join(out_dir, rundir.RUN_CONFIG)):
@@ -217,7 +216,7 @@ def preflight(cfg: Mapping, source, registry, log: Callable[[str], None], run_co
         except LmforgeError as exc:
             raise rundir.RunDirError(f"--resume: {exc}") from None
     plan = rundir.plan_run_dir(out_dir, resume=resume, overwrite=overwrite,
-                               force_resume=bool(cfg.get("force_resume")), new_config=run_config, saved_config=saved)
+                               force_resume=spec.run.force_resume, new_config=run_config, saved_config=saved)
     if plan.differences:
         level = "forced past" if any(rundir.is_trajectory_key(k) for k, _, _ in plan.differences) else "allowed"
         log(f"--resume: config differs from {os.path.join(out_dir, rundir.RUN_CONFIG)} ({level}): "
@@ -234,7 +233,7 @@ def preflight(cfg: Mapping, source, registry, log: Callable[[str], None], run_co
         from lmforge.runs.artefacts import check_checkpoint
 
         check_checkpoint(ckpt)
-    return RunStart(cfg, out_dir, plan, ckpt, log, dict(run_config))
+    return RunStart(spec, out_dir, plan, ckpt, log, dict(run_config))
 
 
 def check_output_dir_writable(out_dir: str) -> None:
@@ -272,42 +271,29 @@ def disk_error(exc: BaseException, out_dir: str) -> LmforgeError | None:
         f"Free space or fix the permissions, then continue with `{rundir.resume_command(out_dir)}`")
 
 
-def prepare_launch(cfg: dict, run_config: Mapping, source, registry, log: Callable[[str], None]) -> RunStart:
-    """For a multi-process launcher: check, lock and prepare the directory in the ``lmforge train`` parent.
-
-    Returns the :class:`RunStart` (holding the lock until the workers exit); the
-    caller sets ``LMFORGE_RUN_PREPARED`` for the workers and pins the resume
-    checkpoint in their config.
-    """
-    start = preflight(cfg, source, registry, log, run_config)
-    if start.plan.action != "complete":
-        start.begin()
-    return start
-
-
-def launch_workers_config(cfg: dict):
-    """``lmforge train`` with a multi-process launcher: prepare the directory here, once.
+def launch_workers_config(spec: JobSpec) -> tuple[RunStart | None, dict]:
+    """``lmforge train`` with a multi-process launcher: check, lock and prepare the directory here, once.
 
     Returns ``(start, worker_cfg)``: ``start`` holds the lock until
     :meth:`RunStart.release` (``None`` when the run is already complete), and
-    ``worker_cfg`` pins the checkpoint to resume from so every rank uses the same.
+    ``worker_cfg`` (a plain dict: the launcher's ``prepare`` completes it, then it is
+    written for the workers) pins the checkpoint to resume from so every rank uses the same.
+    The caller sets ``LMFORGE_RUN_PREPARED`` for the workers.
     """
-    from lmforge.config.schema import validate_train_section
     from lmforge.modeling.loading import resolve_model
     from lmforge.plugins.registry import get_registry
     from lmforge.train.job import check_capabilities, log, resolved_run_config
 
     reg = get_registry()
-    validate_train_section(cfg)
-    source = resolve_model(cfg["model"], family=cfg.get("family"), registry=reg)
-    check_capabilities(cfg, source, reg)
-    resolved = rundir.strip_start_keys(resolved_run_config(cfg, source, reg))
-    start = prepare_launch(cfg, resolved, source, reg, log)
+    source = resolve_model(spec.model.name, family=spec.model.family, registry=reg)
+    check_capabilities(spec, source, reg)
+    resolved = resolved_run_config(spec, source, reg)
+    start = preflight(spec, source, reg, log, resolved)
     if start.plan.action == "complete":
         start.completed_result()
-        return None, cfg
-    worker = rundir.strip_start_keys(cfg)
-    worker["train"] = dict(worker.get("train") or {})
+        return None, spec.to_dict()
+    start.begin()
+    worker = rundir.strip_start_keys(spec.to_dict())
     if start.resume_checkpoint:
         worker["train"]["resume_from_checkpoint"] = os.path.abspath(start.resume_checkpoint)
     return start, worker
