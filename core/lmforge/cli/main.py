@@ -17,7 +17,7 @@ import click
 from lmforge import __version__
 from lmforge.cli.inference import COMMANDS as INFERENCE_COMMANDS
 from lmforge.cli.inference import make_params, sampling_options
-from lmforge.errors import LmforgeError, user_errors  # noqa: F401  (plugins import user_errors from here)
+from lmforge.errors import LmforgeError, user_errors
 from lmforge.runtime.threads import click_option as threads_option
 from lmforge.runtime.threads import request as request_threads
 
@@ -170,6 +170,15 @@ def train_cmd(config, overrides, model, output_dir, peft, max_steps, max_length,
     # plugins/lmforge_version in a reused lmforge.yaml are provenance, not input
     raw.pop("plugins", None)
     raw.pop("lmforge_version", None)
+    out_dir = raw.get("output_dir")
+    lc = raw.get("launcher")
+    node_rank = lc.get("node_rank") if isinstance(lc, dict) else None
+    if not dry_run and isinstance(out_dir, str) and node_rank in (None, 0):
+        # a second run into a busy directory is refused at once, before the train: checks import
+        # transformers (seconds); the run itself takes the lock later (train.runstart)
+        from lmforge.runs.rundir import refuse_if_locked
+
+        refuse_if_locked(out_dir)
     # the one validation of the job: keys, plugin names, options and train: against TrainingArguments
     spec = build_spec(raw)
     from lmforge.plugins.registry import get_registry
