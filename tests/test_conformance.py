@@ -102,7 +102,8 @@ def test_format_that_claims_every_record_fails_detect(with_plugin):
 
 
 def test_peft_method_with_an_undocumented_option_fails_options(with_plugin):
-    method = PeftMethod(name="mute", apply="lmforge_builtins.peft.full:apply", options=(Option("rank", int, 8),))
+    method = PeftMethod(name="mute", apply="lmforge_builtins.peft.full:apply", options=(Option("rank", int, 8),),
+                        capability="full")
     with_plugin(register_peft_methods=lambda register: register(method))
     with pytest.raises(ConformanceError, match="'options': option 'rank' has no help text"):
         check_peft_method("mute")
