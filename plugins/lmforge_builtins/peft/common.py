@@ -5,7 +5,9 @@
   they trained plus a small JSON config: :func:`save_trained_tensors`,
   :func:`load_trained_tensors`;
 - finding a model's stack of decoder layers without knowing its family:
-  :func:`decoder_layers`.
+  :func:`decoder_layers`;
+- :data:`PEFT_ADAPTER_LOAD` / :data:`PEFT_ADAPTER_MERGE`, the ``load``/``merge``
+  references of the methods whose runs are peft adapters.
 
 Imports torch/peft inside functions only (this module is referenced by
 ``"module:attr"`` strings from the registrations).
@@ -21,6 +23,9 @@ from lmforge.errors import LmforgeError
 
 TRAINED_WEIGHTS = "trained_weights.safetensors"
 TRAINED_CONFIG = "lmforge_peft.json"
+
+PEFT_ADAPTER_LOAD = f"{__name__}:load_peft_adapter"
+PEFT_ADAPTER_MERGE = f"{__name__}:merge_peft"
 
 
 # --------------------------------------------------------------------------
@@ -109,6 +114,16 @@ def load_trained_tensors(model, run_dir: str, method: str) -> None:
             if tuple(p.shape) != tuple(t.shape):
                 raise LmforgeError(f"{path}: tensor {name!r} has shape {tuple(t.shape)}, the model {tuple(p.shape)}")
             p.copy_(t.to(dtype=p.dtype, device=p.device))
+
+
+def inputs_require_grads(model, ctx) -> None:
+    """With gradient checkpointing, make the embeddings' output require grad.
+
+    A method that freezes the embeddings leaves checkpointed blocks an input that
+    does not require grad, so nothing inside them would get gradients.
+    """
+    if ctx.config.get("gradient_checkpointing") and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
 
 
 def options_of(ctx) -> dict:

@@ -13,9 +13,22 @@ from __future__ import annotations
 
 from lmforge.errors import CapabilityError
 from lmforge.modeling.hfcompat import forward_takes_cache
+from lmforge.plugins.descriptors import Option, PeftMethod
 
-from .prompt import check_virtual_tokens
+from .checks import positive
+from .common import PEFT_ADAPTER_LOAD
+from .prompt import VIRTUAL_TOKENS, check_virtual_tokens
 from .ptuning import prompt_encoder_state_callback
+
+OPTIONS = (
+    VIRTUAL_TOKENS,
+    Option("prefix_projection", bool, False, "reparameterise the prefixes through a two-layer MLP"),
+    Option("encoder_hidden_size", int, None, "hidden size of that MLP (default: the model's hidden size)"),
+)
+
+
+def check(options, config) -> None:
+    positive(options, "num_virtual_tokens", "encoder_hidden_size")
 
 
 def apply(model, options, ctx):
@@ -37,3 +50,17 @@ def apply(model, options, ctx):
     if options["prefix_projection"]:
         ctx.callbacks.append(prompt_encoder_state_callback(model))
     return model
+
+
+PREFIX = PeftMethod(
+    name="prefix",
+    description="prefix tuning / P-tuning v2 (peft): trained key/value prefixes in every layer",
+    apply=f"{__name__}:apply",
+    options=OPTIONS,
+    load=PEFT_ADAPTER_LOAD,
+    saves="peft-adapter",
+    requires=("peft",),
+    check=f"{__name__}:check",
+)
+
+METHODS = (PREFIX,)

@@ -8,6 +8,24 @@ and in ``generate`` injects them once before the prompt.
 from __future__ import annotations
 
 from lmforge.errors import ConfigError
+from lmforge.plugins.descriptors import Option, PeftMethod
+
+from .checks import positive
+
+VIRTUAL_TOKENS = Option("num_virtual_tokens", int, 16, "number of virtual tokens")  # prompt, ptuning, prefix
+
+OPTIONS = (
+    VIRTUAL_TOKENS,
+    Option("init", str, "vocab", "initial virtual token embeddings: embeddings of random vocabulary tokens, "
+           "random vectors, or the embeddings of init_text", choices=("vocab", "random", "text")),
+    Option("init_text", str, None, "text whose token embeddings start the prompt (init: text)"),
+)
+
+
+def check(options, config) -> None:
+    positive(options, "num_virtual_tokens")
+    if options["init"] == "text" and not options["init_text"]:
+        raise ValueError("peft.init_text: required when init is 'text'")
 
 
 def check_virtual_tokens(options: dict, ctx) -> None:
@@ -91,3 +109,17 @@ def generate_rows_unpadded(model):
     model.generate = generate
     model.lmforge_generate_unpadded = True
     return model
+
+
+PROMPT = PeftMethod(
+    name="prompt",
+    description="prompt tuning (peft): trained virtual token embeddings before the input",
+    apply=f"{__name__}:apply",
+    options=OPTIONS,
+    load=f"{__name__}:load",
+    saves="peft-adapter",
+    requires=("peft",),
+    check=f"{__name__}:check",
+)
+
+METHODS = (PROMPT,)

@@ -13,7 +13,24 @@ from __future__ import annotations
 
 import os
 
-from .prompt import check_virtual_tokens
+from lmforge.plugins.descriptors import Option, PeftMethod
+
+from . import prompt
+from .checks import fraction, positive
+from .prompt import VIRTUAL_TOKENS, check_virtual_tokens
+
+OPTIONS = (
+    VIRTUAL_TOKENS,
+    Option("encoder", str, "mlp", "prompt encoder architecture", choices=("mlp", "lstm")),
+    Option("encoder_hidden_size", int, None, "prompt encoder hidden size (default: the model's hidden size)"),
+    Option("encoder_num_layers", int, 2, "LSTM encoder layers (the MLP encoder always has 2)"),
+    Option("encoder_dropout", float, 0.0, "prompt encoder dropout"),
+)
+
+
+def check(options, config) -> None:
+    positive(options, "num_virtual_tokens", "encoder_hidden_size", "encoder_num_layers")
+    fraction(options, "encoder_dropout")
 
 PROMPT_ENCODER_STATE = "prompt_encoder_state.safetensors"
 
@@ -62,3 +79,17 @@ def prompt_encoder_state_callback(peft_model):
                 enc.load_state_dict({k: v.to(device) for k, v in load_file(path).items()}, strict=True)
 
     return PromptEncoderStateCallback()
+
+
+PTUNING = PeftMethod(
+    name="ptuning",
+    description="P-tuning (peft): virtual tokens produced by a trained prompt encoder (MLP or LSTM)",
+    apply=f"{__name__}:apply",
+    options=OPTIONS,
+    load=f"{prompt.__name__}:load",
+    saves="peft-adapter",
+    requires=("peft",),
+    check=f"{__name__}:check",
+)
+
+METHODS = (PTUNING,)
