@@ -20,10 +20,10 @@ import json
 import os
 
 from lmforge.errors import ConfigError
-from lmforge.plugins.descriptors import Option, PeftMethod
+from lmforge.plugins.descriptors import Option
 
 from .checks import fraction, max_steps, positive
-from .common import PEFT_ADAPTER_LOAD, PEFT_ADAPTER_MERGE
+from .common import peft_adapter_method
 from .lora import TARGETS_HELP
 
 ALLOCATOR_STATE = "adalora_allocator.safetensors"
@@ -204,16 +204,8 @@ def current_ranks(model) -> dict[str, int]:
     return out
 
 
-ADALORA = PeftMethod(
-    name="adalora",
-    description="AdaLoRA (peft): SVD-form LoRA whose rank budget is reallocated during training",
-    apply=f"{__name__}:apply",
-    options=OPTIONS,
-    load=PEFT_ADAPTER_LOAD,
-    merge=PEFT_ADAPTER_MERGE,
-    saves="peft-adapter",
-    requires=("peft",),
-    check=f"{__name__}:check",
-)
+ADALORA = peft_adapter_method(
+    __name__, name="adalora", options=OPTIONS,
+    description="AdaLoRA (peft): SVD-form LoRA whose rank budget is reallocated during training")
 
 METHODS = (ADALORA,)

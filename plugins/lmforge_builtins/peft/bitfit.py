@@ -11,10 +11,10 @@ Saves only the biases (``trained_weights.safetensors``) plus ``lmforge_peft.json
 from __future__ import annotations
 
 from lmforge.errors import ConfigError
-from lmforge.plugins.descriptors import Option, PeftMethod
+from lmforge.plugins.descriptors import Option
 
 from .common import (decoder_layers, inputs_require_grads, load_trained_tensors, match_module_name, options_of,
-                     save_trained_tensors)
+                     save_trained_tensors, trained_tensors_method)
 
 OPTIONS = (
     Option("add_biases", bool, False, "for models without biases (LLaMA): add zero-initialised biases to the "
@@ -81,14 +81,8 @@ def load(base_model, run_dir, options):
     return base_model
 
 
-BITFIT = PeftMethod(
-    name="bitfit",
-    description="BitFit: only bias terms train (refused on models without biases unless add_biases)",
-    apply=f"{__name__}:apply",
-    options=OPTIONS,
-    load=f"{__name__}:load",
-    save=f"{__name__}:save",
-    saves="trained-tensors",
-)
+BITFIT = trained_tensors_method(
+    __name__, name="bitfit", options=OPTIONS, check=None,
+    description="BitFit: only bias terms train (refused on models without biases unless add_biases)")
 
 METHODS = (BITFIT,)

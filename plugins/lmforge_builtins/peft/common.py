@@ -6,8 +6,8 @@
   :func:`load_trained_tensors`;
 - finding a model's stack of decoder layers without knowing its family:
   :func:`decoder_layers`;
-- :data:`PEFT_ADAPTER_LOAD` / :data:`PEFT_ADAPTER_MERGE`, the ``load``/``merge``
-  references of the methods whose runs are peft adapters.
+- the two kinds of descriptor most methods are: :func:`peft_adapter_method`
+  (the run is a peft adapter) and :func:`trained_tensors_method`.
 
 Imports torch/peft inside functions only (this module is referenced by
 ``"module:attr"`` strings from the registrations).
@@ -20,12 +20,38 @@ import os
 from typing import Any
 
 from lmforge.errors import LmforgeError
+from lmforge.plugins.descriptors import PeftMethod
 
 TRAINED_WEIGHTS = "trained_weights.safetensors"
 TRAINED_CONFIG = "lmforge_peft.json"
 
-PEFT_ADAPTER_LOAD = f"{__name__}:load_peft_adapter"
-PEFT_ADAPTER_MERGE = f"{__name__}:merge_peft"
+
+
+# --------------------------------------------------------------------------
+# descriptors
+
+
+def peft_adapter_method(module: str, **fields: Any) -> PeftMethod:
+    """The :class:`PeftMethod` of a method whose run directory is a peft adapter.
+
+    Defaults, which ``fields`` override: ``apply`` and ``check`` are the functions of
+    those names in ``module``; peft loads (:func:`load_peft_adapter`) and merges
+    (:func:`merge_peft`) the adapter (``merge=None`` for methods that cannot merge);
+    ``peft`` is required.
+    """
+    return PeftMethod(**{"apply": f"{module}:apply", "check": f"{module}:check",
+                         "load": f"{__name__}:load_peft_adapter", "merge": f"{__name__}:merge_peft",
+                         "saves": "peft-adapter", "requires": ("peft",), **fields})
+
+
+def trained_tensors_method(module: str, **fields: Any) -> PeftMethod:
+    """The :class:`PeftMethod` of a method that saves only the tensors it trained (:func:`save_trained_tensors`).
+
+    Defaults, which ``fields`` override: ``apply``, ``save``, ``load`` and ``check``
+    are the functions of those names in ``module``.
+    """
+    return PeftMethod(**{"apply": f"{module}:apply", "save": f"{module}:save", "load": f"{module}:load",
+                         "check": f"{module}:check", "saves": "trained-tensors", **fields})
 
 
 # --------------------------------------------------------------------------

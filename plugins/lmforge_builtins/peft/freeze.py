@@ -7,9 +7,10 @@ plus ``lmforge_peft.json``; reloading applies them on top of the base model.
 from __future__ import annotations
 
 from lmforge.errors import ConfigError
-from lmforge.plugins.descriptors import Option, PeftMethod
+from lmforge.plugins.descriptors import Option
 
-from .common import decoder_layers, load_trained_tensors, match_module_name, options_of, save_trained_tensors
+from .common import (decoder_layers, load_trained_tensors, match_module_name, options_of, save_trained_tensors,
+                     trained_tensors_method)
 
 OPTIONS = (
     Option("trainable_layers", int, 2, "train the last N transformer blocks (negative: the first |N|; 0: none)"),
@@ -94,16 +95,8 @@ def merge(model):
     return model
 
 
-FREEZE = PeftMethod(
-    name="freeze",
-    description="freeze tuning: only the last (or first) N blocks and named modules train",
-    apply=f"{__name__}:apply",
-    options=OPTIONS,
-    load=f"{__name__}:load",
-    save=f"{__name__}:save",
-    merge=f"{__name__}:merge",
-    saves="trained-tensors",
-    check=f"{__name__}:check",
-)
+FREEZE = trained_tensors_method(
+    __name__, name="freeze", options=OPTIONS, merge=f"{__name__}:merge",
+    description="freeze tuning: only the last (or first) N blocks and named modules train")
 
 METHODS = (FREEZE,)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from lmforge.errors import ConfigError
-from lmforge.plugins.descriptors import Option, PeftMethod
+from lmforge.plugins.descriptors import Option
 
-from .common import PEFT_ADAPTER_LOAD, PEFT_ADAPTER_MERGE
+from .common import peft_adapter_method
 
 OPTIONS = (
     Option("target_modules", (str, list), "default",
@@ -69,16 +69,8 @@ def apply(model, options, ctx):
     return get_peft_model(model, ia3_config(model, options))
 
 
-IA3 = PeftMethod(
-    name="ia3",
-    description="(IA)^3 (peft): learned rescaling of keys, values and feed-forward activations",
-    apply=f"{__name__}:apply",
-    options=OPTIONS,
-    load=PEFT_ADAPTER_LOAD,
-    merge=PEFT_ADAPTER_MERGE,
-    saves="peft-adapter",
-    requires=("peft",),
-    check=f"{__name__}:check",
-)
+IA3 = peft_adapter_method(
+    __name__, name="ia3", options=OPTIONS,
+    description="(IA)^3 (peft): learned rescaling of keys, values and feed-forward activations")
 
 METHODS = (IA3,)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from lmforge.plugins.descriptors import Option, PeftMethod
+from lmforge.plugins.descriptors import Option
 
 from .checks import fraction, positive
-from .common import PEFT_ADAPTER_LOAD, PEFT_ADAPTER_MERGE
+from .common import peft_adapter_method
 
 TARGETS_HELP = "module names to adapt: 'default' (the family's choice), 'all-linear', or a list"
 
@@ -53,28 +53,11 @@ def apply_dora(model, options, ctx):
     return get_peft_model(model, LoraConfig(use_dora=True, **lora_config_kwargs(options, ctx)))
 
 
-LORA = PeftMethod(
-    name="lora",
-    description="LoRA (peft): low-rank updates on the target linear layers",
-    apply=f"{__name__}:apply",
-    options=OPTIONS,
-    load=PEFT_ADAPTER_LOAD,
-    merge=PEFT_ADAPTER_MERGE,
-    saves="peft-adapter",
-    requires=("peft",),
-    check=f"{__name__}:check",
-)
+LORA = peft_adapter_method(
+    __name__, name="lora", description="LoRA (peft): low-rank updates on the target linear layers", options=OPTIONS)
 
-DORA = PeftMethod(
-    name="dora",
-    description="DoRA (peft): LoRA with a separately trained magnitude per output feature",
-    apply=f"{__name__}:apply_dora",
-    options=OPTIONS,
-    load=PEFT_ADAPTER_LOAD,
-    merge=PEFT_ADAPTER_MERGE,
-    saves="peft-adapter",
-    requires=("peft",),
-    check=f"{__name__}:check",
-)
+DORA = peft_adapter_method(
+    __name__, name="dora", description="DoRA (peft): LoRA with a separately trained magnitude per output feature",
+    options=OPTIONS, apply=f"{__name__}:apply_dora")
 
 METHODS = (LORA, DORA)

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from lmforge.errors import CapabilityError
 from lmforge.modeling.hfcompat import forward_takes_cache
-from lmforge.plugins.descriptors import Option, PeftMethod
+from lmforge.plugins.descriptors import Option
 
 from .checks import positive
-from .common import PEFT_ADAPTER_LOAD
+from .common import peft_adapter_method
 from .prompt import VIRTUAL_TOKENS, check_virtual_tokens
 from .ptuning import prompt_encoder_state_callback
 
@@ -52,15 +52,8 @@ def apply(model, options, ctx):
     return model
 
 
-PREFIX = PeftMethod(
-    name="prefix",
-    description="prefix tuning / P-tuning v2 (peft): trained key/value prefixes in every layer",
-    apply=f"{__name__}:apply",
-    options=OPTIONS,
-    load=PEFT_ADAPTER_LOAD,
-    saves="peft-adapter",
-    requires=("peft",),
-    check=f"{__name__}:check",
-)
+PREFIX = peft_adapter_method(
+    __name__, name="prefix", options=OPTIONS, merge=None,
+    description="prefix tuning / P-tuning v2 (peft): trained key/value prefixes in every layer")
 
 METHODS = (PREFIX,)

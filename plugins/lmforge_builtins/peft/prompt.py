@@ -8,9 +8,10 @@ and in ``generate`` injects them once before the prompt.
 from __future__ import annotations
 
 from lmforge.errors import ConfigError
-from lmforge.plugins.descriptors import Option, PeftMethod
+from lmforge.plugins.descriptors import Option
 
 from .checks import positive
+from .common import peft_adapter_method
 
 VIRTUAL_TOKENS = Option("num_virtual_tokens", int, 16, "number of virtual tokens")  # prompt, ptuning, prefix
 
@@ -111,15 +112,8 @@ def generate_rows_unpadded(model):
     return model
 
 
-PROMPT = PeftMethod(
-    name="prompt",
-    description="prompt tuning (peft): trained virtual token embeddings before the input",
-    apply=f"{__name__}:apply",
-    options=OPTIONS,
-    load=f"{__name__}:load",
-    saves="peft-adapter",
-    requires=("peft",),
-    check=f"{__name__}:check",
-)
+PROMPT = peft_adapter_method(
+    __name__, name="prompt", options=OPTIONS, load=f"{__name__}:load", merge=None,
+    description="prompt tuning (peft): trained virtual token embeddings before the input")
 
 METHODS = (PROMPT,)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 
-from lmforge.plugins.descriptors import Option, PeftMethod
+from lmforge.plugins.descriptors import Option
 
 from . import prompt
 from .checks import fraction, positive
+from .common import peft_adapter_method
 from .prompt import VIRTUAL_TOKENS, check_virtual_tokens
 
 OPTIONS = (
@@ -81,15 +82,8 @@ def prompt_encoder_state_callback(peft_model):
     return PromptEncoderStateCallback()
 
 
-PTUNING = PeftMethod(
-    name="ptuning",
-    description="P-tuning (peft): virtual tokens produced by a trained prompt encoder (MLP or LSTM)",
-    apply=f"{__name__}:apply",
-    options=OPTIONS,
-    load=f"{prompt.__name__}:load",
-    saves="peft-adapter",
-    requires=("peft",),
-    check=f"{__name__}:check",
-)
+PTUNING = peft_adapter_method(
+    __name__, name="ptuning", options=OPTIONS, load=f"{prompt.__name__}:load", merge=None,
+    description="P-tuning (peft): virtual tokens produced by a trained prompt encoder (MLP or LSTM)")
 
 METHODS = (PTUNING,)

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import tempfile
 
-from lmforge.plugins.descriptors import Option, PeftMethod
+from lmforge.plugins.descriptors import Option
 
 from . import lora
+from .common import peft_adapter_method
 from .lora import lora_config_kwargs
 
 OPTIONS = lora.OPTIONS + (
@@ -166,17 +167,10 @@ def merge(model):
     return base
 
 
-QLORA = PeftMethod(
-    name="qlora",
-    description="QLoRA: base linear layers quantized to 4-bit NF4 (bitsandbytes) + LoRA (peft)",
-    apply=f"{__name__}:apply",
-    options=OPTIONS,
-    load=f"{__name__}:load",
-    merge=f"{__name__}:merge",
-    model_load_kwargs=f"{__name__}:model_load_kwargs",
-    saves="peft-adapter",
-    requires=("peft", "bitsandbytes"),
+QLORA = peft_adapter_method(
+    __name__, name="qlora", options=OPTIONS, load=f"{__name__}:load", merge=f"{__name__}:merge",
+    model_load_kwargs=f"{__name__}:model_load_kwargs", requires=("peft", "bitsandbytes"),
     check=f"{lora.__name__}:check",
-)
+    description="QLoRA: base linear layers quantized to 4-bit NF4 (bitsandbytes) + LoRA (peft)")
 
 METHODS = (QLORA,)

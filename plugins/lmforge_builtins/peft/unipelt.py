@@ -31,11 +31,11 @@ from __future__ import annotations
 import math
 
 from lmforge.errors import CapabilityError, ConfigError
-from lmforge.plugins.descriptors import Option, PeftMethod
+from lmforge.plugins.descriptors import Option
 
 from .checks import fraction, positive
 from .common import (decoder_layers, inputs_require_grads, load_trained_tensors, match_module_name, options_of,
-                     save_trained_tensors)
+                     save_trained_tensors, trained_tensors_method)
 
 ATTENTION_NAME = "lmforge_unipelt"
 _ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
@@ -331,15 +331,8 @@ def load(base_model, run_dir, options):
     return model
 
 
-UNIPELT = PeftMethod(
-    name="unipelt",
-    description="UniPELT: gated LoRA (q, v) + gated prefix tuning + gated bottleneck adapter in every block",
-    apply=f"{__name__}:apply",
-    options=OPTIONS,
-    load=f"{__name__}:load",
-    save=f"{__name__}:save",
-    saves="trained-tensors",
-    check=f"{__name__}:check",
-)
+UNIPELT = trained_tensors_method(
+    __name__, name="unipelt", options=OPTIONS,
+    description="UniPELT: gated LoRA (q, v) + gated prefix tuning + gated bottleneck adapter in every block")
 
 METHODS = (UNIPELT,)
