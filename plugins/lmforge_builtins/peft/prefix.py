@@ -12,7 +12,6 @@ refuses a model whose ``forward`` takes no KV cache (``past_key_values``, or
 from __future__ import annotations
 
 from lmforge.errors import CapabilityError
-from lmforge.modeling.hfcompat import forward_takes_cache
 from lmforge.plugins.descriptors import Option
 
 from .checks import positive
@@ -33,6 +32,8 @@ def check(options, config) -> None:
 
 def apply(model, options, ctx):
     from peft import PrefixTuningConfig, get_peft_model
+
+    from lmforge.modeling.hfcompat import forward_takes_cache
 
     check_virtual_tokens(options, ctx)
     if not forward_takes_cache(model.forward):

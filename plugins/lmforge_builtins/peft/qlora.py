@@ -15,8 +15,6 @@ would, adds a second rounding error).
 
 from __future__ import annotations
 
-import tempfile
-
 from lmforge.plugins.descriptors import Option
 
 from . import lora
@@ -79,6 +77,8 @@ def ensure_4bit(model, options: dict):
     if is_4bit(model):
         keep_weights_unpacked(model)
         return model
+    import tempfile
+
     import torch
 
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
