@@ -241,7 +241,7 @@ def test_built_in_families_declare_their_profiles():
             fam = reg.family(name)
         except LmforgeError:
             continue
-        assert fam.estimator_profile is not None, name
+        assert fam.estimator_profile is not None, (name, reg.plugin_of("model_families", name).label)
         assert not fam.estimator_profile.startswith("lmforge"), name
     assert reg.family("llama").estimator_profile is None
 

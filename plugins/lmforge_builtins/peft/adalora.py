@@ -22,7 +22,7 @@ import os
 from lmforge.errors import ConfigError
 from lmforge.plugins.descriptors import Option
 
-from .checks import fraction, max_steps, positive
+from .checks import fraction, max_steps, positive, recheck
 from .common import peft_adapter_method
 from .lora import TARGETS_HELP
 
@@ -100,8 +100,7 @@ def schedule(options: dict, total_step: int) -> tuple[int, int]:
 def apply(model, options, ctx):
     from peft import get_peft_model
 
-    if options["target_r"] > options["init_r"]:
-        raise ConfigError(f"peft.target_r: {options['target_r']} is above init_r ({options['init_r']})")
+    recheck(check, options, ctx.config)
     max_steps = (ctx.config.get("train") or {}).get("max_steps") or 0
     total = max_steps if max_steps and max_steps > 0 else PLACEHOLDER_STEPS
     model = get_peft_model(model, adalora_config(options, ctx, total))

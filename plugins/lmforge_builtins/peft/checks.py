@@ -29,6 +29,20 @@ def fraction(options: Mapping[str, Any], *names: str) -> None:
             raise ValueError(f"peft.{name}: must be in [0, 1), got {value}")
 
 
+def recheck(check, options: Mapping[str, Any], config: Mapping[str, Any]) -> None:
+    """Run a method's ``check`` when it is applied, raising :class:`~lmforge.errors.ConfigError`.
+
+    ``apply``/``load`` may be called without config validation (the Python API,
+    a run directory's saved options), so they enforce the same rules.
+    """
+    from lmforge.errors import ConfigError
+
+    try:
+        check(options, config)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def max_steps(config: Mapping[str, Any]) -> int | None:
     """``train.max_steps`` when the config sets a positive one, else None."""
     steps = (config.get("train") or {}).get("max_steps")

@@ -14,9 +14,9 @@ from __future__ import annotations
 from lmforge.errors import CapabilityError
 from lmforge.plugins.descriptors import Option
 
-from .checks import positive
+from .checks import positive, recheck
 from .common import peft_adapter_method
-from .prompt import VIRTUAL_TOKENS, check_virtual_tokens
+from .prompt import VIRTUAL_TOKENS
 from .ptuning import prompt_encoder_state_callback
 
 OPTIONS = (
@@ -35,7 +35,7 @@ def apply(model, options, ctx):
 
     from lmforge.modeling.hfcompat import forward_takes_cache
 
-    check_virtual_tokens(options, ctx)
+    recheck(check, options, ctx.config)
     if not forward_takes_cache(model.forward):
         raise CapabilityError(
             f"peft.method: prefix tuning passes the prefixes as past_key_values, which "

@@ -10,7 +10,7 @@ from __future__ import annotations
 from lmforge.errors import ConfigError
 from lmforge.plugins.descriptors import Option
 
-from .checks import positive
+from .checks import positive, recheck
 from .common import peft_adapter_method
 
 VIRTUAL_TOKENS = Option("num_virtual_tokens", int, 16, "number of virtual tokens")  # prompt, ptuning, prefix
@@ -29,20 +29,12 @@ def check(options, config) -> None:
         raise ValueError("peft.init_text: required when init is 'text'")
 
 
-def check_virtual_tokens(options: dict, ctx) -> None:
-    n = options["num_virtual_tokens"]
-    if n <= 0:
-        raise ConfigError(f"peft.num_virtual_tokens: must be positive, got {n}")
-
-
 def apply(model, options, ctx):
     import torch
     from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
 
-    check_virtual_tokens(options, ctx)
+    recheck(check, options, ctx.config)
     init = options["init"]
-    if init == "text" and not options["init_text"]:
-        raise ConfigError("peft.init_text: required when init is 'text'")
     peft_init = {"vocab": PromptTuningInit.SAMPLE_VOCAB, "random": PromptTuningInit.RANDOM,
                  "text": PromptTuningInit.RANDOM}[init]
     config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=options["num_virtual_tokens"],

@@ -16,9 +16,9 @@ import os
 from lmforge.plugins.descriptors import Option
 
 from . import prompt
-from .checks import fraction, positive
+from .checks import fraction, positive, recheck
 from .common import peft_adapter_method
-from .prompt import VIRTUAL_TOKENS, check_virtual_tokens
+from .prompt import VIRTUAL_TOKENS
 
 OPTIONS = (
     VIRTUAL_TOKENS,
@@ -39,7 +39,7 @@ PROMPT_ENCODER_STATE = "prompt_encoder_state.safetensors"
 def apply(model, options, ctx):
     from peft import PromptEncoderConfig, get_peft_model
 
-    check_virtual_tokens(options, ctx)
+    recheck(check, options, ctx.config)
     config = PromptEncoderConfig(
         task_type="CAUSAL_LM",
         num_virtual_tokens=options["num_virtual_tokens"],

@@ -33,7 +33,7 @@ import math
 from lmforge.errors import CapabilityError, ConfigError
 from lmforge.plugins.descriptors import Option
 
-from .checks import fraction, positive
+from .checks import fraction, positive, recheck
 from .common import (decoder_layers, inputs_require_grads, load_trained_tensors, match_module_name, options_of,
                      save_trained_tensors, trained_tensors_method)
 
@@ -249,9 +249,7 @@ def build(model, options: dict):
     """Insert the gated LoRA, prefix and adapter modules; freeze everything else. Returns the model."""
     torch, nn = _nn()
     cls = _classes()
-    for opt in ("r", "prefix_tokens", "adapter_size"):
-        if options[opt] <= 0:
-            raise ConfigError(f"peft.{opt}: must be positive, got {options[opt]}")
+    recheck(check, options, {})
     for p in model.parameters():
         p.requires_grad_(False)
     layers_name, layers = decoder_layers(model)
