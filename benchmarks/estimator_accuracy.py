@@ -34,15 +34,18 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import statistics
 import sys
 import time
 
-from lmforge.modeling.memory import EstimateJob
-from lmforge.plugins.registry import get_registry
-from lmforge_builtins.estimator import measure
-from lmforge_builtins.estimator.analytic import estimate
-from lmforge_builtins.estimator.profiles import approximation
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+
+import estimator_measure as measure  # noqa: E402  (tests/estimator_measure.py: torch-side ground truth)
+from lmforge.modeling.memory import EstimateJob  # noqa: E402
+from lmforge.plugins.registry import get_registry  # noqa: E402
+from lmforge_builtins.estimator.analytic import estimate  # noqa: E402
+from lmforge_builtins.estimator.profiles import approximation  # noqa: E402
 
 PEFTS = ("full", "lora", "prefix", "freeze")
 SHAPES = ((1, 128), (8, 2048))

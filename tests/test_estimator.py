@@ -193,6 +193,59 @@ def test_fused_module_names_of_other_families():
     assert bd.trainable_params == 24 * 8 * ((1024 + 3 * 1024) + (4096 + 1024))
 
 
+def test_a_family_registers_its_own_estimator_profile():
+    """The profile comes from the family descriptor (by model_type); the arch's own extra wins over it."""
+    import dataclasses
+    import types
+
+    from lmforge import hookimpl
+    from lmforge.plugins.descriptors import ModelFamily
+    from lmforge.plugins.registry import PluginRecord, Registry, set_registry
+
+    seen = []
+
+    def profile(arch, model_type):
+        seen.append(model_type)
+        return {"attn_kernel": "eager", "approximate": "Toy (its own attention)"}
+
+    llama_fam = get_registry().family("llama")
+    toy = dataclasses.replace(llama_fam, name="toy", aliases=(), presets=(), model_types=("toy",),
+                              estimator_profile=profile)
+    plugin = types.ModuleType("toy_plugin")
+    plugin.register_model_families = hookimpl(lambda register: register(toy))
+    reg = Registry()
+    reg.load_entry_points()
+    reg.add_plugin(plugin, PluginRecord(entry_point="toy", module="toy_plugin", distribution="toy", version="0"))
+    assert reg.family("toy").estimator_profile is profile
+    _, arch = llama("tiny-llama")
+    previous = get_registry()
+    set_registry(reg)
+    try:
+        plain = estimate(arch, job(model_type="llama", seq_len=64))
+        toyed = estimate(arch, job(model_type="toy", seq_len=64))
+        own = estimate(dataclasses.replace(arch, extra={"attn_kernel": "sdpa"}), job(model_type="toy", seq_len=64))
+    finally:
+        set_registry(previous)
+    assert "toy" in seen
+    assert toyed.activations_bytes > plain.activations_bytes  # eager attention keeps the probabilities
+    assert any("Toy (its own attention)" in n and "approximate" in n for n in toyed.notes)
+    assert not any("approximate" in n for n in plain.notes)
+    assert own.activations_bytes == plain.activations_bytes
+
+
+def test_built_in_families_declare_their_profiles():
+    """Families whose forward pass is not LLaMA's carry an estimator profile in their own plugin."""
+    reg = get_registry()
+    for name in ("bloom", "chatglm2", "chatglm3", "glm4", "glm", "chatglm", "minicpm", "minicpm3", "cpmant"):
+        try:
+            fam = reg.family(name)
+        except LmforgeError:
+            continue
+        assert fam.estimator_profile is not None, (name, reg.plugin_of("model_families", name).label)
+        assert not fam.estimator_profile.startswith("lmforge"), name
+    assert reg.family("llama").estimator_profile is None
+
+
 # ------------------------------------------------------------------ dynamic batch
 
 

@@ -26,7 +26,7 @@ torch = pytest.importorskip("torch")
 
 from lmforge.modeling.memory import EstimateJob  # noqa: E402
 from lmforge.plugins.registry import get_registry  # noqa: E402
-from lmforge_builtins.estimator import measure  # noqa: E402
+import estimator_measure as measure  # noqa: E402
 from lmforge_builtins.estimator.analytic import estimate  # noqa: E402
 from lmforge_builtins.estimator.profiles import approximation  # noqa: E402
 

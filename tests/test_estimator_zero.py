@@ -35,7 +35,7 @@ WORKER = textwrap.dedent('''
         torch.set_num_threads(1)
         deepspeed.init_distributed(dist_backend="gloo")
         from lmforge.plugins.registry import get_registry
-        from lmforge_builtins.estimator import measure
+        import estimator_measure as measure
         fam = get_registry().family("llama")
         preset = fam.preset("tiny-llama")
         nb = lambda t: t.numel() * t.element_size()

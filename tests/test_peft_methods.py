@@ -493,3 +493,19 @@ def test_docs_peft_md_names_every_method_and_option():
         for opt in get_registry().peft_method(name).options:
             assert f"| `{opt.name}` |" in text, (name, opt.name)
     assert "`roem`" in text
+
+
+def test_prompt_learning_cache_renaming_goes_both_ways():
+    """transformers >= 5.24 names the KV cache ``cache``, peft 0.21 ``past_key_values``: renamed in, renamed back."""
+    from lmforge.modeling.hfcompat import _renaming
+
+    seen = {}
+
+    def peft_prepare(input_ids, **kwargs):
+        seen.update(kwargs)
+        return {"input_ids": input_ids, "past_key_values": kwargs.get("past_key_values"), "use_cache": True}
+
+    out = _renaming(peft_prepare, "cache", "past_key_values")([1], cache="C", use_cache=True)
+    assert seen == {"past_key_values": "C", "use_cache": True}
+    assert out == {"input_ids": [1], "cache": "C", "use_cache": True}
+    assert _renaming(peft_prepare, "cache", "past_key_values")([1]) == {"input_ids": [1], "cache": None, "use_cache": True}

@@ -6,27 +6,20 @@ import dataclasses
 from typing import Any, Mapping
 
 from lmforge import hookimpl
-from lmforge.plugins.descriptors import ArchSpec, ModelFamily, Preset, experimental, supported, unsupported
+from lmforge.plugins.descriptors import ArchSpec, ModelFamily, Preset, config_value, experimental, supported, unsupported
 from lmforge.plugins.templates import PLAIN
 
 TINY_VOCAB = 1152  # the shipped tiny tokenizer has 1,116 tokens; rounded up to a multiple of 64
 
 
-def _first(cfg: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
-    for k in keys:
-        if cfg.get(k) is not None:
-            return cfg[k]
-    return default
-
-
 def arch_from_config(cfg: Mapping[str, Any]) -> ArchSpec:
     """Architecture numbers of a BLOOM ``config.json`` (released configs spell sizes several ways)."""
-    hidden = int(_first(cfg, "hidden_size", "n_embed", "n_embd"))
-    heads = int(_first(cfg, "n_head", "num_attention_heads"))
+    hidden = int(config_value(cfg, "hidden_size", "n_embed", "n_embd"))
+    heads = int(config_value(cfg, "n_head", "num_attention_heads"))
     return ArchSpec(
         vocab_size=int(cfg["vocab_size"]),
         hidden_size=hidden,
-        num_layers=int(_first(cfg, "n_layer", "num_hidden_layers")),
+        num_layers=int(config_value(cfg, "n_layer", "num_hidden_layers")),
         num_attention_heads=heads,
         num_key_value_heads=heads,
         intermediate_size=4 * hidden,
@@ -38,7 +31,7 @@ def arch_from_config(cfg: Mapping[str, Any]) -> ArchSpec:
         tied_embeddings=True,  # BLOOM's lm_head is always the word embedding matrix
         attention_bias=True,
         mlp_bias=True,
-        max_position_embeddings=int(_first(cfg, "seq_length", "n_positions", default=2048)),
+        max_position_embeddings=int(config_value(cfg, "seq_length", "n_positions", default=2048)),
     )
 
 
@@ -120,6 +113,7 @@ BLOOM = ModelFamily(
     loader="llm_plugins_bloom.loader:load",
     arch_from_config=arch_from_config,
     presets=PRESETS,
+    estimator_profile="llm_plugins_bloom.estimate:profile",
     default_lora_targets=("query_key_value",),
     chat_template=BLOOM_TEMPLATE,
     special_tokens={"bos": "<s>", "eos": "</s>", "unk": "<unk>", "pad": "<pad>"},

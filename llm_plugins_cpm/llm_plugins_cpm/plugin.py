@@ -68,6 +68,7 @@ CPMANT = ModelFamily(
     architectures=("CpmAntForCausalLM",),
     loader=f"{_L}:load_cpmant",
     arch_from_config=cpmant_arch,
+    estimator_profile="llm_plugins_cpm.estimate:cpmant",
     presets=(
         Preset("tiny-cpmant",
                _cpmant(vocab_size=TINY_CPMANT_VOCAB, hidden_size=64, num_attention_heads=4, dim_head=16, dim_ff=128,
@@ -144,6 +145,7 @@ MINICPM = ModelFamily(
     loader=f"{_L}:load_minicpm",
     saver=f"{_L}:save_minicpm",
     arch_from_config=minicpm_arch,
+    estimator_profile="llm_plugins_cpm.estimate:minicpm",
     presets=(
         Preset("tiny-minicpm",
                _minicpm(64, 128, 2, 4, kv=2, vocab=TINY_BPE_VOCAB, ctx=1024, dim_model_base=16),
@@ -230,6 +232,7 @@ MINICPM3 = ModelFamily(
     architectures=("MiniCPM3ForCausalLM",),
     loader=f"{_L}:load_minicpm3",
     arch_from_config=minicpm3_arch,
+    estimator_profile="llm_plugins_cpm.estimate:minicpm3",
     presets=(
         Preset("tiny-minicpm3",
                _minicpm3(64, 128, 2, 4, 32, 16, 8, 8, vocab=TINY_BPE_VOCAB, ctx=1024, dim_model_base=16,

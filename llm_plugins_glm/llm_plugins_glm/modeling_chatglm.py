@@ -34,11 +34,11 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration import ChatGLMConfig
 from .modeling_common import (GLMGenerationMixin, allowed_attention, as_cache, attach_cache, block_layout,
-                              cache_length, causal_lm_loss, split_padding_mask)
+                              cache_length, causal_lm_loss, run_layers, split_padding_mask)
 from lmforge.modeling.hfcompat import take_cache
 
 RELEASED_NUM_LAYERS_FOR_ALPHA = 28
@@ -254,18 +254,11 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
                                         past_mask=past_pad,
                                         context_length=layout["context_length"] if layout is not None else None,
                                         index=layout["index"] if layout is not None else None)
-        hidden = inputs_embeds
-        all_hidden = () if output_hidden_states else None
-        for layer in self.layers:
-            if output_hidden_states:
-                all_hidden += (hidden,)
-            hidden = layer(hidden, position_ids, allowed=allowed, past_key_values=past_key_values,
-                           use_cache=use_cache)
-        hidden = self.final_layernorm(hidden)
-        if output_hidden_states:
-            all_hidden += (hidden,)
-        return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=past_key_values if use_cache else None,
-                                       hidden_states=all_hidden)
+        return run_layers(
+            self.layers, inputs_embeds,
+            lambda layer, h: layer(h, position_ids, allowed=allowed, past_key_values=past_key_values, use_cache=use_cache),
+            self.final_layernorm, past_key_values=past_key_values, use_cache=use_cache,
+            output_hidden_states=output_hidden_states)
 
 
 class ChatGLMForConditionalGeneration(GLMGenerationMixin, ChatGLMPreTrainedModel, GenerationMixin):

@@ -28,11 +28,11 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration import ChatGLM2Config
 from .modeling_common import (GLMGenerationMixin, allowed_attention, as_cache, attach_cache, cache_length,
-                              causal_lm_loss, causal_positions, split_padding_mask)
+                              causal_lm_loss, causal_positions, run_layers, split_padding_mask)
 from lmforge.modeling.hfcompat import take_cache
 
 
@@ -287,18 +287,11 @@ class ChatGLM2Model(ChatGLM2PreTrainedModel):
             attn = allowed_attention(length, bsz, device, current_mask=cur_pad, past_length=past,
                                      past_mask=past_pad)
         rope = self.rotary_pos_emb(position_ids)
-        hidden = inputs_embeds
-        all_hidden = () if output_hidden_states else None
-        for layer in self.encoder.layers:
-            if output_hidden_states:
-                all_hidden += (hidden,)
-            hidden = layer(hidden, rope, attention_mask=attn, past_key_values=past_key_values, use_cache=use_cache)
-        if self.encoder.final_layernorm is not None:
-            hidden = self.encoder.final_layernorm(hidden)
-        if output_hidden_states:
-            all_hidden += (hidden,)
-        return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=past_key_values if use_cache else None,
-                                       hidden_states=all_hidden)
+        return run_layers(
+            self.encoder.layers, inputs_embeds,
+            lambda layer, h: layer(h, rope, attention_mask=attn, past_key_values=past_key_values, use_cache=use_cache),
+            self.encoder.final_layernorm, past_key_values=past_key_values, use_cache=use_cache,
+            output_hidden_states=output_hidden_states)
 
 
 class ChatGLM2ForConditionalGeneration(GLMGenerationMixin, ChatGLM2PreTrainedModel, GenerationMixin):

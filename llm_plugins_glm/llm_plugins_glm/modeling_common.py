@@ -1,4 +1,4 @@
-"""Pieces shared by the GLM architectures: block-position layouts, attention masks, KV caches, generation.
+"""Pieces shared by the GLM architectures: block-position layouts, attention masks, KV caches, the layer stack, generation.
 
 GLM v1 and ChatGLM-6B split a sequence into a *context* (everything before the
 first ``sop``) that attends bidirectionally, and a generated *block* that attends
@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+from transformers.modeling_outputs import BaseModelOutputWithPast
 
 BIG = 1 << 30
 
@@ -173,6 +174,26 @@ def attach_cache(cache: Any, layer_idx: int, key: torch.Tensor, value: torch.Ten
     if past is None:
         return key, value
     return torch.cat([past[0], key], dim=-2), torch.cat([past[1], value], dim=-2)
+
+
+def run_layers(layers, hidden: torch.Tensor, call, final_norm, *, past_key_values: Any, use_cache: bool,
+               output_hidden_states: bool):
+    """The decoder stack's output: ``hidden`` through every layer (``call(layer, hidden) -> hidden``), then ``final_norm``.
+
+    ``final_norm`` may be None. With ``output_hidden_states``, ``hidden_states``
+    holds every layer's input and the final output, as transformers returns them.
+    """
+    all_hidden = () if output_hidden_states else None
+    for layer in layers:
+        if output_hidden_states:
+            all_hidden += (hidden,)
+        hidden = call(layer, hidden)
+    if final_norm is not None:
+        hidden = final_norm(hidden)
+    if output_hidden_states:
+        all_hidden += (hidden,)
+    return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=past_key_values if use_cache else None,
+                                   hidden_states=all_hidden)
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, **kwargs) -> torch.Tensor:

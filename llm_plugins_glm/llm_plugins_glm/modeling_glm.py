@@ -37,11 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration import GLMConfig
 from .modeling_common import (GLMGenerationMixin, allowed_attention, as_cache, attach_cache, block_layout,
-                              cache_length, causal_lm_loss, split_padding_mask)
+                              cache_length, causal_lm_loss, run_layers, split_padding_mask)
 from lmforge.modeling.hfcompat import take_cache
 
 LAYERNORM_EPS = 1e-5
@@ -198,16 +198,10 @@ class GLMModel(GLMPreTrainedModel):
         if stack.block_position_encoding:
             hidden = hidden + stack.block_position_embeddings(position_ids[:, 1])
         hidden = stack.embedding_dropout(hidden)
-        all_hidden = () if output_hidden_states else None
-        for layer in stack.layers:
-            if output_hidden_states:
-                all_hidden += (hidden,)
-            hidden = layer(hidden, mask, past_key_values=past_key_values, use_cache=use_cache)
-        hidden = stack.final_layernorm(hidden)
-        if output_hidden_states:
-            all_hidden += (hidden,)
-        return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=past_key_values if use_cache else None,
-                                       hidden_states=all_hidden)
+        return run_layers(stack.layers, hidden,
+                          lambda layer, h: layer(h, mask, past_key_values=past_key_values, use_cache=use_cache),
+                          stack.final_layernorm, past_key_values=past_key_values, use_cache=use_cache,
+                          output_hidden_states=output_hidden_states)
 
 
 class GLMForConditionalGeneration(GLMGenerationMixin, GLMPreTrainedModel, GenerationMixin):

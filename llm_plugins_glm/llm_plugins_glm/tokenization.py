@@ -248,6 +248,11 @@ class _GLMTokenizerBase(PythonBackend):
 
 
 class _SentencePieceMixin:
+    """The base vocabulary is a sentencepiece model whose ids are the token ids (command tokens come after).
+
+    ChatGLM-6B, whose ids are offset by its image tokens, overrides the id methods.
+    """
+
     def _load_sp(self, vocab_file: str) -> None:
         from sentencepiece import SentencePieceProcessor
 
@@ -255,6 +260,21 @@ class _SentencePieceMixin:
 
     def _sp_size(self) -> int:
         return self.sp_model.vocab_size()
+
+    def _base_vocab_size(self):
+        return self._sp_size()
+
+    def _base_token_to_id(self, token):
+        return self.sp_model.piece_to_id(token)
+
+    def _base_id_to_token(self, index):
+        return self.sp_model.id_to_piece(index) if 0 <= index < self._sp_size() else ""
+
+    def _tokenize(self, text, **kwargs):
+        return self.sp_model.encode(text, out_type=str)
+
+    def _text_ids_to_string(self, ids):
+        return self.sp_model.decode([i for i in ids if 0 <= i < self._sp_size()])
 
 
 class ChatGLM2Tokenizer(_SentencePieceMixin, _GLMTokenizerBase):
@@ -275,21 +295,6 @@ class ChatGLM2Tokenizer(_SentencePieceMixin, _GLMTokenizerBase):
         unk = self.sp_model.id_to_piece(self.sp_model.unk_id())
         kwargs.setdefault("unk_token", unk)
         kwargs.setdefault("pad_token", unk)
-
-    def _base_vocab_size(self):
-        return self._sp_size()
-
-    def _base_token_to_id(self, token):
-        return self.sp_model.piece_to_id(token)
-
-    def _base_id_to_token(self, index):
-        return self.sp_model.id_to_piece(index) if 0 <= index < self._sp_size() else ""
-
-    def _tokenize(self, text, **kwargs):
-        return self.sp_model.encode(text, out_type=str)
-
-    def _text_ids_to_string(self, ids):
-        return self.sp_model.decode([i for i in ids if 0 <= i < self._sp_size()])
 
     def _skippable_base_ids(self):
         return {self.sp_model.bos_id(), self.sp_model.eos_id()} - {-1}
@@ -439,21 +444,6 @@ class GLMChineseTokenizer(_SentencePieceMixin, _GLMTokenizerBase):
         n = self._sp_size()
         self.command_ids = {t: n + off for t, off in GLM_CHINESE_COMMANDS.items()}
         self.command_ids.update(self._given_commands)
-
-    def _base_vocab_size(self):
-        return self._sp_size()
-
-    def _base_token_to_id(self, token):
-        return self.sp_model.piece_to_id(token)
-
-    def _base_id_to_token(self, index):
-        return self.sp_model.id_to_piece(index) if 0 <= index < self._sp_size() else ""
-
-    def _tokenize(self, text, **kwargs):
-        return self.sp_model.encode(text, out_type=str)
-
-    def _text_ids_to_string(self, ids):
-        return self.sp_model.decode([i for i in ids if 0 <= i < self._sp_size()])
 
     @property
     def sop_token_id(self) -> int:

@@ -12,29 +12,22 @@ from typing import Any, Mapping
 
 from lmforge import hookimpl
 from lmforge.plugins.capabilities import PEFT_KEYS
-from lmforge.plugins.descriptors import ArchSpec, ModelFamily, experimental, supported, unsupported
+from lmforge.plugins.descriptors import ArchSpec, ModelFamily, config_value, experimental, supported, unsupported
 from lmforge.plugins.templates import PLAIN
-
-
-def _first(cfg: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
-    for k in keys:
-        if cfg.get(k) is not None:
-            return cfg[k]
-    return default
 
 
 def arch_from_config(cfg: Mapping[str, Any]) -> ArchSpec:
     """Architecture numbers from the usual ``config.json`` spellings (LLaMA, GPT-2, Bloom, ...)."""
-    hidden = int(_first(cfg, "hidden_size", "n_embd", "d_model", "dim_model"))
-    heads = int(_first(cfg, "num_attention_heads", "n_head", "num_heads"))
-    kv = _first(cfg, "num_key_value_heads", "multi_query_group_num", "num_kv_heads", default=heads)
-    inter = _first(cfg, "intermediate_size", "ffn_hidden_size", "n_inner", "dim_ff", default=None) or 4 * hidden
-    act = str(_first(cfg, "hidden_act", "activation_function", default="silu"))
+    hidden = int(config_value(cfg, "hidden_size", "n_embd", "d_model", "dim_model"))
+    heads = int(config_value(cfg, "num_attention_heads", "n_head", "num_heads"))
+    kv = config_value(cfg, "num_key_value_heads", "multi_query_group_num", "num_kv_heads", default=heads)
+    inter = config_value(cfg, "intermediate_size", "ffn_hidden_size", "n_inner", "dim_ff", default=None) or 4 * hidden
+    act = str(config_value(cfg, "hidden_act", "activation_function", default="silu"))
     gated = act in ("silu", "swiglu") or bool(cfg.get("gated_mlp", False))
     return ArchSpec(
-        vocab_size=int(_first(cfg, "vocab_size", "padded_vocab_size")),
+        vocab_size=int(config_value(cfg, "vocab_size", "padded_vocab_size")),
         hidden_size=hidden,
-        num_layers=int(_first(cfg, "num_hidden_layers", "n_layer", "num_layers")),
+        num_layers=int(config_value(cfg, "num_hidden_layers", "n_layer", "num_layers")),
         num_attention_heads=heads,
         num_key_value_heads=int(kv),
         head_dim=cfg.get("head_dim"),
@@ -46,7 +39,7 @@ def arch_from_config(cfg: Mapping[str, Any]) -> ArchSpec:
         tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         attention_bias=bool(cfg.get("attention_bias", False)),
         mlp_bias=bool(cfg.get("mlp_bias", False)),
-        max_position_embeddings=int(_first(cfg, "max_position_embeddings", "n_positions", "seq_length", default=2048)),
+        max_position_embeddings=int(config_value(cfg, "max_position_embeddings", "n_positions", "seq_length", default=2048)),
     )
 
 

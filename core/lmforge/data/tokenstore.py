@@ -58,6 +58,16 @@ def _np():
     return np
 
 
+def staging_dir(path: str) -> str:
+    """A new empty directory beside ``path`` (same filesystem) that a writer fills, then renames to ``path``."""
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(parent, exist_ok=True)
+    # not tempfile.mkdtemp: its 0700 mode would stay on the renamed store (os.makedirs follows the umask)
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    os.makedirs(tmp)
+    return tmp
+
+
 def id_dtype(vocab_size: int | None) -> str:
     """The smallest unsigned dtype that holds every token id."""
     if vocab_size is not None and vocab_size <= 1 << 16:
@@ -77,10 +87,7 @@ class TokenStoreWriter:
                  replace: bool = False) -> None:
         self.path = path
         self.replace = replace
-        parent = os.path.dirname(os.path.abspath(path)) or "."
-        os.makedirs(parent, exist_ok=True)
-        self.tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        os.makedirs(self.tmp)
+        self.tmp = staging_dir(path)
         self.dtype = id_dtype(vocab_size)
         self.files = list(files)
         self.n_examples = 0
@@ -418,10 +425,7 @@ class RecordStoreWriter:
 
     def __init__(self, path: str, files: Sequence[str] = ()) -> None:
         self.path = path
-        parent = os.path.dirname(os.path.abspath(path)) or "."
-        os.makedirs(parent, exist_ok=True)
-        self.tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        os.makedirs(self.tmp)
+        self.tmp = staging_dir(path)
         self.files = list(files)
         self.n = 0
         self.nbytes = 0

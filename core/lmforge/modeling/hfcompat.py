@@ -40,6 +40,20 @@ def forward_takes_cache(forward) -> bool:
     return "past_key_values" in params or "cache" in params
 
 
+def _renaming(prepare, outer: str, inner: str):
+    """``prepare`` called with the keyword ``outer`` renamed ``inner``, its output's ``inner`` key renamed back."""
+
+    def call(*args, **kwargs):
+        if outer in kwargs:
+            kwargs[inner] = kwargs.pop(outer)
+        out = prepare(*args, **kwargs)
+        if inner in out:
+            out[outer] = out.pop(inner)
+        return out
+
+    return call
+
+
 def peft_prompt_learning_compat(peft_model):
     """Make peft's prompt-learning generation (prefix, prompt, p-tuning) see the cache on transformers >= 5.24.
 
@@ -60,21 +74,8 @@ def peft_prompt_learning_compat(peft_model):
     peft_prepare = peft_model.prepare_inputs_for_generation
     peft_generate = peft_model.generate
 
-    def base_prepare_old_name(*args, **kwargs):
-        if "past_key_values" in kwargs:
-            kwargs["cache"] = kwargs.pop("past_key_values")
-        out = base_prepare(*args, **kwargs)
-        if "cache" in out:
-            out["past_key_values"] = out.pop("cache")
-        return out
-
-    def prepare(*args, **kwargs):
-        if "cache" in kwargs:
-            kwargs["past_key_values"] = kwargs.pop("cache")
-        out = peft_prepare(*args, **kwargs)
-        if "past_key_values" in out:
-            out["cache"] = out.pop("past_key_values")
-        return out
+    base_prepare_old_name = _renaming(base_prepare, "past_key_values", "cache")  # peft's name -> the model's
+    prepare = _renaming(peft_prepare, "cache", "past_key_values")  # transformers' name -> peft's
 
     def generate(*args, **kwargs):
         try:

@@ -38,6 +38,18 @@ def resolve_ref(ref: str | Callable | None) -> Any:
     return obj
 
 
+def config_value(cfg: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
+    """The value of the first of ``keys`` that ``cfg`` sets (not None), else ``default``.
+
+    For ``arch_from_config`` functions: released ``config.json`` files spell the
+    same number several ways (``hidden_size`` / ``n_embd`` / ``d_model`` ...).
+    """
+    for key in keys:
+        if cfg.get(key) is not None:
+            return cfg[key]
+    return default
+
+
 # --------------------------------------------------------------------------
 # capabilities: the closed key set, the values and the undeclared default live in
 # lmforge.plugins.capabilities; re-exported here, where plugins import descriptors from
@@ -448,6 +460,16 @@ class ModelFamily:
     match: Callable[[Mapping[str, Any]], bool] | None = None
     priority: int = 0
     presets: tuple[Preset, ...] = ()
+    estimator_profile: str | Callable | None = None
+    """``"module:attr"`` (or a callable) of pure-Python ``profile(arch, model_type) -> Mapping``.
+
+    What the built-in memory estimator needs to know about this family's forward
+    pass beyond :class:`ArchSpec` (its norm, attention kernel, parameter layout ...;
+    the keys are listed in :mod:`lmforge_builtins.estimator.profiles`), for a
+    checkpoint whose ``model_type`` is in ``model_types``; ``"approximate": reason``
+    marks a model the estimator replays only approximately. ``None``: a
+    transformers LLaMA-style decoder.
+    """
     saver: str | Callable | None = None
     tokenizer_loader: str | Callable[[str], Any] | None = None
     encoder: str | type | None = None  # a subclass of lmforge.data.encoding.Encoder (or its "module:attr")

@@ -7,6 +7,9 @@
 - :mod:`.zero`: DeepSpeed ZeRO partitioning arithmetic (stages 0-3, offload);
 - :mod:`.analytic`: puts them together into a :class:`lmforge.modeling.memory.MemoryBreakdown`
   and models the step's peak;
-- :mod:`.measure`: torch-side measurements used by the tests and the benchmark
-  (never imported by the estimator itself).
+- :mod:`.profiles`: the per-family details (from each family's
+  ``ModelFamily.estimator_profile``) merged into the arch before pricing.
+
+The torch-side ground truth the tests and the benchmark compare against is
+``tests/estimator_measure.py`` (not shipped).
 """

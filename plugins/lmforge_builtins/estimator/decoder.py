@@ -23,7 +23,7 @@ from typing import Any, Callable
 from lmforge.plugins.descriptors import resolve_ref
 
 from .graph import Graph, Sym, W
-from .params import BYTES, LORA_LIKE, VIRTUAL_TOKENS, ParamTable, layer_linears, resolve_targets
+from .params import BYTES, LORA_LIKE, VIRTUAL_TOKENS, Param, ParamTable, layer_linears, resolve_targets
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Ctx:
     prefix_kv: dict[int, tuple[Sym, Sym]] = field(default_factory=dict)
     q_contiguous: bool = False  # queries reach attention (b, H, s, d)-contiguous, not as a transposed view
     lora: dict[str, dict] = field(default_factory=dict)  # module name -> {r, dropout, dora}
-    weights: dict[str, Param] = field(default_factory=dict)  # noqa: F821 - name -> Param
+    weights: dict[str, Param] = field(default_factory=dict)  # name -> Param
 
     def w(self, name: str) -> W:
         p = self.weights.get(name)

@@ -20,10 +20,48 @@ import json
 import os
 
 from lmforge.errors import ConfigError
+from lmforge.plugins.descriptors import Option
+
+from .checks import fraction, max_steps, positive, recheck
+from .common import peft_adapter_method
+from .lora import TARGETS_HELP
 
 ALLOCATOR_STATE = "adalora_allocator.safetensors"
 ALLOCATOR_META = "adalora_allocator.json"
 PLACEHOLDER_STEPS = 10_000  # AdaLoraConfig needs a total before the Trainer knows it
+
+OPTIONS = (
+    Option("init_r", int, 12, "initial rank of every adapted matrix"),
+    Option("target_r", int, 4, "average rank left after reallocation"),
+    Option("tinit", int, None, "warm-up steps before ranks are pruned (default: 10% of the steps)"),
+    Option("tfinal", int, None, "final steps with ranks fixed (default: 20% of the steps)"),
+    Option("deltaT", int, 1, "reallocate ranks every deltaT steps"),
+    Option("beta1", float, 0.85, "EMA coefficient of the sensitivity"),
+    Option("beta2", float, 0.85, "EMA coefficient of the uncertainty"),
+    Option("orth_reg_weight", float, 0.5, "weight of the orthogonality regulariser on P and Q"),
+    Option("alpha", float, 32.0, "scaling numerator (lora_alpha)"),
+    Option("dropout", float, 0.05, "dropout on the adapter input"),
+    Option("target_modules", (str, list), "default", TARGETS_HELP),
+)
+
+
+def check(options, config) -> None:
+    """Ranks only shrink, and the schedule leaves steps to reallocate them in (when max_steps is known)."""
+    positive(options, "init_r", "target_r", "deltaT")
+    fraction(options, "dropout")
+    if options["target_r"] > options["init_r"]:
+        raise ValueError(f"peft.target_r: {options['target_r']} is above init_r ({options['init_r']}); "
+                         "AdaLoRA only removes rank")
+    for name in ("tinit", "tfinal"):
+        if options[name] is not None and options[name] < 0:
+            raise ValueError(f"peft.{name}: must be >= 0, got {options[name]}")
+    steps = max_steps(config)
+    if steps is not None:
+        tinit = options["tinit"] if options["tinit"] is not None else int(0.1 * steps)
+        tfinal = options["tfinal"] if options["tfinal"] is not None else int(0.2 * steps)
+        if tinit + tfinal >= steps:
+            raise ValueError(f"peft.tinit/peft.tfinal: tinit ({tinit}) + tfinal ({tfinal}) must be below "
+                             f"train.max_steps ({steps}), or no step is left to reallocate ranks")
 
 
 def adalora_config(options: dict, ctx, total_step: int):
@@ -62,8 +100,7 @@ def schedule(options: dict, total_step: int) -> tuple[int, int]:
 def apply(model, options, ctx):
     from peft import get_peft_model
 
-    if options["target_r"] > options["init_r"]:
-        raise ConfigError(f"peft.target_r: {options['target_r']} is above init_r ({options['init_r']})")
+    recheck(check, options, ctx.config)
     max_steps = (ctx.config.get("train") or {}).get("max_steps") or 0
     total = max_steps if max_steps and max_steps > 0 else PLACEHOLDER_STEPS
     model = get_peft_model(model, adalora_config(options, ctx, total))
@@ -164,3 +201,10 @@ def current_ranks(model) -> dict[str, int]:
         if ".lora_E." in name:
             out[name.split(".lora_E.")[0]] = int((p.detach() != 0).sum().item())
     return out
+
+
+ADALORA = peft_adapter_method(
+    __name__, name="adalora", options=OPTIONS,
+    description="AdaLoRA (peft): SVD-form LoRA whose rank budget is reallocated during training")
+
+METHODS = (ADALORA,)

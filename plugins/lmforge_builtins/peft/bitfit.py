@@ -11,8 +11,16 @@ Saves only the biases (``trained_weights.safetensors``) plus ``lmforge_peft.json
 from __future__ import annotations
 
 from lmforge.errors import ConfigError
+from lmforge.plugins.descriptors import Option
 
-from .common import decoder_layers, load_trained_tensors, match_module_name, options_of, save_trained_tensors
+from .common import (decoder_layers, inputs_require_grads, load_trained_tensors, match_module_name, options_of,
+                     save_trained_tensors, trained_tensors_method)
+
+OPTIONS = (
+    Option("add_biases", bool, False, "for models without biases (LLaMA): add zero-initialised biases to the "
+           "linear layers of every block and train those"),
+    Option("modules", list, None, "train only the biases of these modules (default: every bias)"),
+)
 
 
 def _module_of(param_name: str) -> str:
@@ -58,8 +66,7 @@ def apply(model, options, ctx):
         )
     for name, p in model.named_parameters():
         p.requires_grad_(name in names)
-    if ctx.config.get("gradient_checkpointing") and hasattr(model, "enable_input_require_grads"):
-        model.enable_input_require_grads()
+    inputs_require_grads(model, ctx)
     return model
 
 
@@ -72,3 +79,10 @@ def load(base_model, run_dir, options):
         add_zero_biases(base_model)
     load_trained_tensors(base_model, run_dir, "bitfit")
     return base_model
+
+
+BITFIT = trained_tensors_method(
+    __name__, name="bitfit", options=OPTIONS, check=None,
+    description="BitFit: only bias terms train (refused on models without biases unless add_biases)")
+
+METHODS = (BITFIT,)

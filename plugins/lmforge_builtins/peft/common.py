@@ -5,7 +5,9 @@
   they trained plus a small JSON config: :func:`save_trained_tensors`,
   :func:`load_trained_tensors`;
 - finding a model's stack of decoder layers without knowing its family:
-  :func:`decoder_layers`.
+  :func:`decoder_layers`;
+- the two kinds of descriptor most methods are: :func:`peft_adapter_method`
+  (the run is a peft adapter) and :func:`trained_tensors_method`.
 
 Imports torch/peft inside functions only (this module is referenced by
 ``"module:attr"`` strings from the registrations).
@@ -18,9 +20,38 @@ import os
 from typing import Any
 
 from lmforge.errors import LmforgeError
+from lmforge.plugins.descriptors import PeftMethod
 
 TRAINED_WEIGHTS = "trained_weights.safetensors"
 TRAINED_CONFIG = "lmforge_peft.json"
+
+
+
+# --------------------------------------------------------------------------
+# descriptors
+
+
+def peft_adapter_method(module: str, **fields: Any) -> PeftMethod:
+    """The :class:`PeftMethod` of a method whose run directory is a peft adapter.
+
+    Defaults, which ``fields`` override: ``apply`` and ``check`` are the functions of
+    those names in ``module``; peft loads (:func:`load_peft_adapter`) and merges
+    (:func:`merge_peft`) the adapter (``merge=None`` for methods that cannot merge);
+    ``peft`` is required.
+    """
+    return PeftMethod(**{"apply": f"{module}:apply", "check": f"{module}:check",
+                         "load": f"{__name__}:load_peft_adapter", "merge": f"{__name__}:merge_peft",
+                         "saves": "peft-adapter", "requires": ("peft",), **fields})
+
+
+def trained_tensors_method(module: str, **fields: Any) -> PeftMethod:
+    """The :class:`PeftMethod` of a method that saves only the tensors it trained (:func:`save_trained_tensors`).
+
+    Defaults, which ``fields`` override: ``apply``, ``save``, ``load`` and ``check``
+    are the functions of those names in ``module``.
+    """
+    return PeftMethod(**{"apply": f"{module}:apply", "save": f"{module}:save", "load": f"{module}:load",
+                         "check": f"{module}:check", "saves": "trained-tensors", **fields})
 
 
 # --------------------------------------------------------------------------
@@ -109,6 +140,16 @@ def load_trained_tensors(model, run_dir: str, method: str) -> None:
             if tuple(p.shape) != tuple(t.shape):
                 raise LmforgeError(f"{path}: tensor {name!r} has shape {tuple(t.shape)}, the model {tuple(p.shape)}")
             p.copy_(t.to(dtype=p.dtype, device=p.device))
+
+
+def inputs_require_grads(model, ctx) -> None:
+    """With gradient checkpointing, make the embeddings' output require grad.
+
+    A method that freezes the embeddings leaves checkpointed blocks an input that
+    does not require grad, so nothing inside them would get gradients.
+    """
+    if ctx.config.get("gradient_checkpointing") and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
 
 
 def options_of(ctx) -> dict:

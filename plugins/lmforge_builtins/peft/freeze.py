@@ -7,8 +7,25 @@ plus ``lmforge_peft.json``; reloading applies them on top of the base model.
 from __future__ import annotations
 
 from lmforge.errors import ConfigError
+from lmforge.plugins.descriptors import Option
 
-from .common import decoder_layers, load_trained_tensors, match_module_name, options_of, save_trained_tensors
+from .common import (decoder_layers, load_trained_tensors, match_module_name, options_of, save_trained_tensors,
+                     trained_tensors_method)
+
+OPTIONS = (
+    Option("trainable_layers", int, 2, "train the last N transformer blocks (negative: the first |N|; 0: none)"),
+    Option("trainable_modules", list, None,
+           "inside those blocks, train only these submodules (e.g. [mlp] or [self_attn]); default: whole blocks"),
+    Option("extra_modules", list, None, "also train these modules outside the blocks (e.g. [lm_head, norm])"),
+)
+
+
+def check(options, config) -> None:
+    """Refuse selections that would train nothing (before the model loads)."""
+    if options["trainable_layers"] == 0 and not options["extra_modules"]:
+        raise ValueError("peft.trainable_layers: 0 with no extra_modules would train nothing")
+    if options["trainable_modules"] is not None and not options["trainable_modules"]:
+        raise ValueError("peft.trainable_modules: an empty list would train nothing; leave it unset for whole blocks")
 
 
 def select_trainable(model, options: dict) -> list[str]:
@@ -76,3 +93,10 @@ def load(base_model, run_dir, options):
 def merge(model):
     """A freeze-tuned model is already a plain model: the trained tensors are its own weights."""
     return model
+
+
+FREEZE = trained_tensors_method(
+    __name__, name="freeze", options=OPTIONS, merge=f"{__name__}:merge",
+    description="freeze tuning: only the last (or first) N blocks and named modules train")
+
+METHODS = (FREEZE,)

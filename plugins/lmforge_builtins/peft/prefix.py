@@ -12,16 +12,30 @@ refuses a model whose ``forward`` takes no KV cache (``past_key_values``, or
 from __future__ import annotations
 
 from lmforge.errors import CapabilityError
-from lmforge.modeling.hfcompat import forward_takes_cache
+from lmforge.plugins.descriptors import Option
 
-from .prompt import check_virtual_tokens
+from .checks import positive, recheck
+from .common import peft_adapter_method
+from .prompt import VIRTUAL_TOKENS
 from .ptuning import prompt_encoder_state_callback
+
+OPTIONS = (
+    VIRTUAL_TOKENS,
+    Option("prefix_projection", bool, False, "reparameterise the prefixes through a two-layer MLP"),
+    Option("encoder_hidden_size", int, None, "hidden size of that MLP (default: the model's hidden size)"),
+)
+
+
+def check(options, config) -> None:
+    positive(options, "num_virtual_tokens", "encoder_hidden_size")
 
 
 def apply(model, options, ctx):
     from peft import PrefixTuningConfig, get_peft_model
 
-    check_virtual_tokens(options, ctx)
+    from lmforge.modeling.hfcompat import forward_takes_cache
+
+    recheck(check, options, ctx.config)
     if not forward_takes_cache(model.forward):
         raise CapabilityError(
             f"peft.method: prefix tuning passes the prefixes as past_key_values, which "
@@ -37,3 +51,10 @@ def apply(model, options, ctx):
     if options["prefix_projection"]:
         ctx.callbacks.append(prompt_encoder_state_callback(model))
     return model
+
+
+PREFIX = peft_adapter_method(
+    __name__, name="prefix", options=OPTIONS, merge=None,
+    description="prefix tuning / P-tuning v2 (peft): trained key/value prefixes in every layer")
+
+METHODS = (PREFIX,)

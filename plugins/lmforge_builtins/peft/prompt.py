@@ -8,22 +8,33 @@ and in ``generate`` injects them once before the prompt.
 from __future__ import annotations
 
 from lmforge.errors import ConfigError
+from lmforge.plugins.descriptors import Option
+
+from .checks import positive, recheck
+from .common import peft_adapter_method
+
+VIRTUAL_TOKENS = Option("num_virtual_tokens", int, 16, "number of virtual tokens")  # prompt, ptuning, prefix
+
+OPTIONS = (
+    VIRTUAL_TOKENS,
+    Option("init", str, "vocab", "initial virtual token embeddings: embeddings of random vocabulary tokens, "
+           "random vectors, or the embeddings of init_text", choices=("vocab", "random", "text")),
+    Option("init_text", str, None, "text whose token embeddings start the prompt (init: text)"),
+)
 
 
-def check_virtual_tokens(options: dict, ctx) -> None:
-    n = options["num_virtual_tokens"]
-    if n <= 0:
-        raise ConfigError(f"peft.num_virtual_tokens: must be positive, got {n}")
+def check(options, config) -> None:
+    positive(options, "num_virtual_tokens")
+    if options["init"] == "text" and not options["init_text"]:
+        raise ValueError("peft.init_text: required when init is 'text'")
 
 
 def apply(model, options, ctx):
     import torch
     from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
 
-    check_virtual_tokens(options, ctx)
+    recheck(check, options, ctx.config)
     init = options["init"]
-    if init == "text" and not options["init_text"]:
-        raise ConfigError("peft.init_text: required when init is 'text'")
     peft_init = {"vocab": PromptTuningInit.SAMPLE_VOCAB, "random": PromptTuningInit.RANDOM,
                  "text": PromptTuningInit.RANDOM}[init]
     config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=options["num_virtual_tokens"],
@@ -91,3 +102,10 @@ def generate_rows_unpadded(model):
     model.generate = generate
     model.lmforge_generate_unpadded = True
     return model
+
+
+PROMPT = peft_adapter_method(
+    __name__, name="prompt", options=OPTIONS, load=f"{__name__}:load", merge=None,
+    description="prompt tuning (peft): trained virtual token embeddings before the input")
+
+METHODS = (PROMPT,)

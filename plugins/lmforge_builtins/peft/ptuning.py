@@ -13,7 +13,25 @@ from __future__ import annotations
 
 import os
 
-from .prompt import check_virtual_tokens
+from lmforge.plugins.descriptors import Option
+
+from . import prompt
+from .checks import fraction, positive, recheck
+from .common import peft_adapter_method
+from .prompt import VIRTUAL_TOKENS
+
+OPTIONS = (
+    VIRTUAL_TOKENS,
+    Option("encoder", str, "mlp", "prompt encoder architecture", choices=("mlp", "lstm")),
+    Option("encoder_hidden_size", int, None, "prompt encoder hidden size (default: the model's hidden size)"),
+    Option("encoder_num_layers", int, 2, "LSTM encoder layers (the MLP encoder always has 2)"),
+    Option("encoder_dropout", float, 0.0, "prompt encoder dropout"),
+)
+
+
+def check(options, config) -> None:
+    positive(options, "num_virtual_tokens", "encoder_hidden_size", "encoder_num_layers")
+    fraction(options, "encoder_dropout")
 
 PROMPT_ENCODER_STATE = "prompt_encoder_state.safetensors"
 
@@ -21,7 +39,7 @@ PROMPT_ENCODER_STATE = "prompt_encoder_state.safetensors"
 def apply(model, options, ctx):
     from peft import PromptEncoderConfig, get_peft_model
 
-    check_virtual_tokens(options, ctx)
+    recheck(check, options, ctx.config)
     config = PromptEncoderConfig(
         task_type="CAUSAL_LM",
         num_virtual_tokens=options["num_virtual_tokens"],
@@ -62,3 +80,10 @@ def prompt_encoder_state_callback(peft_model):
                 enc.load_state_dict({k: v.to(device) for k, v in load_file(path).items()}, strict=True)
 
     return PromptEncoderStateCallback()
+
+
+PTUNING = peft_adapter_method(
+    __name__, name="ptuning", options=OPTIONS, load=f"{prompt.__name__}:load", merge=None,
+    description="P-tuning (peft): virtual tokens produced by a trained prompt encoder (MLP or LSTM)")
+
+METHODS = (PTUNING,)

@@ -15,9 +15,18 @@ would, adds a second rounding error).
 
 from __future__ import annotations
 
-import tempfile
+from lmforge.plugins.descriptors import Option
 
+from . import lora
+from .common import peft_adapter_method
 from .lora import lora_config_kwargs
+
+OPTIONS = lora.OPTIONS + (
+    Option("quant_type", str, "nf4", "4-bit data type of the frozen base weights", choices=("nf4", "fp4")),
+    Option("double_quant", bool, True, "also quantize the quantization constants (saves ~0.4 bit/param)"),
+    Option("compute_dtype", str, "auto", "dtype the 4-bit weights are dequantized to for matmuls "
+           "(auto: fp32 on CPU, bf16 on GPUs that support it)", choices=("auto", "fp32", "bf16", "fp16")),
+)
 
 
 def bnb_config(options: dict):
@@ -68,6 +77,8 @@ def ensure_4bit(model, options: dict):
     if is_4bit(model):
         keep_weights_unpacked(model)
         return model
+    import tempfile
+
     import torch
 
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
@@ -123,12 +134,6 @@ def _plain_linear(layer, dtype):
     return out
 
 
-def _set_module(root, name: str, module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, module)
-
-
 def merge(model):
     """Dequantize the base, add the LoRA updates in full precision, return a plain transformers model."""
     import bitsandbytes as bnb
@@ -145,12 +150,12 @@ def merge(model):
                 for adapter in module.active_adapters:
                     if adapter in module.lora_A:
                         linear.weight += module.get_delta_weight(adapter).to(dtype)
-                _set_module(base, name, linear)
+                base.set_submodule(name, linear)
         for name, module in list(base.named_modules()):
             if isinstance(module, bnb.nn.Linear4bit):
-                _set_module(base, name, _plain_linear(module, dtype))
+                base.set_submodule(name, _plain_linear(module, dtype))
             elif isinstance(module, ModulesToSaveWrapper):
-                _set_module(base, name, module.modules_to_save[module.active_adapter])
+                base.set_submodule(name, module.modules_to_save[module.active_adapter])
     quantizer = getattr(base, "hf_quantizer", None)
     if quantizer is not None:
         quantizer.remove_quantization_config(base)
@@ -160,3 +165,12 @@ def merge(model):
         if getattr(base, attr, False):
             setattr(base, attr, False)
     return base
+
+
+QLORA = peft_adapter_method(
+    __name__, name="qlora", options=OPTIONS, load=f"{__name__}:load", merge=f"{__name__}:merge",
+    model_load_kwargs=f"{__name__}:model_load_kwargs", requires=("peft", "bitsandbytes"),
+    check=f"{lora.__name__}:check",
+    description="QLoRA: base linear layers quantized to 4-bit NF4 (bitsandbytes) + LoRA (peft)")
+
+METHODS = (QLORA,)

@@ -31,11 +31,34 @@ from __future__ import annotations
 import math
 
 from lmforge.errors import CapabilityError, ConfigError
+from lmforge.plugins.descriptors import Option
 
-from .common import decoder_layers, load_trained_tensors, match_module_name, options_of, save_trained_tensors
+from .checks import fraction, positive, recheck
+from .common import (decoder_layers, inputs_require_grads, load_trained_tensors, match_module_name, options_of,
+                     save_trained_tensors, trained_tensors_method)
 
 ATTENTION_NAME = "lmforge_unipelt"
 _ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
+
+OPTIONS = (
+    Option("r", int, 8, "LoRA rank"),
+    Option("alpha", float, 16.0, "LoRA scaling numerator (alpha / r)"),
+    Option("dropout", float, 0.0, "dropout on the LoRA input"),
+    Option("lora_targets", list, ["q_proj", "v_proj"], "linear layers that get a gated LoRA update"),
+    Option("prefix_tokens", int, 10, "prefix length per layer"),
+    Option("adapter_size", int, 48, "bottleneck width of the adapter after the feed-forward block"),
+    Option("adapter_act", str, "relu", "adapter activation", choices=_ACTIVATIONS),
+    Option("ffn_module", str, "mlp", "name of the feed-forward module inside each block"),
+    Option("attention_module", str, "auto",
+           "name of the attention module inside each block (auto: the one whose class is an Attention)"),
+)
+
+
+def check(options, config) -> None:
+    positive(options, "r", "prefix_tokens", "adapter_size")
+    fraction(options, "dropout")
+    if not options["lora_targets"]:
+        raise ValueError("peft.lora_targets: needs at least one linear layer (the paper uses [q_proj, v_proj])")
 
 
 def _nn():
@@ -226,9 +249,7 @@ def build(model, options: dict):
     """Insert the gated LoRA, prefix and adapter modules; freeze everything else. Returns the model."""
     torch, nn = _nn()
     cls = _classes()
-    for opt in ("r", "prefix_tokens", "adapter_size"):
-        if options[opt] <= 0:
-            raise ConfigError(f"peft.{opt}: must be positive, got {options[opt]}")
+    recheck(check, options, {})
     for p in model.parameters():
         p.requires_grad_(False)
     layers_name, layers = decoder_layers(model)
@@ -242,14 +263,14 @@ def build(model, options: dict):
             if not hits:
                 raise ConfigError(f"peft.lora_targets: {pat!r} matches no linear layer in block {i}")
             for n, m in hits:
-                _set_module(layer, n, cls["GatedLoRALinear"](m, options["r"], options["alpha"], options["dropout"]))
+                layer.set_submodule(n, cls["GatedLoRALinear"](m, options["r"], options["alpha"], options["dropout"]))
         ffn_hits = [(n, m) for n, m in layer.named_modules() if n and match_module_name(n, options["ffn_module"])]
         if not ffn_hits:
             children = ", ".join(n for n, _ in layer.named_children())
             raise ConfigError(f"peft.ffn_module: {options['ffn_module']!r} matches no module of block {i} "
                               f"(its children: {children})")
         n, ffn = ffn_hits[0]
-        _set_module(layer, n, cls["GatedAdapter"](ffn, hidden, options["adapter_size"], options["adapter_act"],
+        layer.set_submodule(n, cls["GatedAdapter"](ffn, hidden, options["adapter_size"], options["adapter_act"],
                                                   ref.dtype, ref.device))
         attn = _attention_module(layer, options["attention_module"])
         prefix = cls["GatedPrefix"](kv_heads, head_dim, options["prefix_tokens"], hidden, ref.dtype, ref.device)
@@ -262,12 +283,6 @@ def build(model, options: dict):
         model.config._attn_implementation = ATTENTION_NAME
     _probe(model, layers)
     return model
-
-
-def _set_module(root, name: str, module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, module)
 
 
 def _probe(model, layers) -> None:
@@ -300,8 +315,7 @@ def _probe(model, layers) -> None:
 
 def apply(model, options, ctx):
     model = build(model, options)  # the inserted modules are the only parameters left trainable
-    if ctx.config.get("gradient_checkpointing") and hasattr(model, "enable_input_require_grads"):
-        model.enable_input_require_grads()
+    inputs_require_grads(model, ctx)
     return model
 
 
@@ -313,3 +327,10 @@ def load(base_model, run_dir, options):
     model = build(base_model, options)
     load_trained_tensors(model, run_dir, "unipelt")
     return model
+
+
+UNIPELT = trained_tensors_method(
+    __name__, name="unipelt", options=OPTIONS,
+    description="UniPELT: gated LoRA (q, v) + gated prefix tuning + gated bottleneck adapter in every block")
+
+METHODS = (UNIPELT,)

@@ -1,10 +1,12 @@
-"""Ground truth for the estimator, measured with torch (tests and benchmarks only).
+"""Ground truth for the estimator, measured with torch (tests and benchmarks only; not shipped).
 
-Never imported by the estimator or the CLI: it imports torch, transformers and
-peft inside its functions. Everything runs on CPU; large shapes run under
-``FakeTensorMode`` (tensors have shapes and storages but no data).
+Imported as ``estimator_measure`` by tests/test_estimator_*.py (pytest puts
+``tests/`` on ``sys.path``) and benchmarks/estimator_accuracy.py; never by the
+estimator or the CLI. It imports torch, transformers and peft inside its
+functions. Everything runs on CPU; large shapes run under ``FakeTensorMode``
+(tensors have shapes and storages but no data).
 
-- :func:`build_model`: the family's model for a preset config, wrapped by a PEFT
+- :func:`build_family_model`: the family's model for a preset, wrapped by a PEFT
   method the way lmforge's built-in methods do it (or with peft directly);
 - :func:`saved_tensor_bytes`: bytes of unique storages autograd saves in one
   forward pass (``saved_tensors_hooks``, keyed by storage, parameters excluded);
@@ -24,17 +26,6 @@ def fake_mode():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     return FakeTensorMode(allow_non_fake_inputs=True)
-
-
-def _config_object(config: Mapping[str, Any], attn: str):
-    from transformers import AutoConfig
-
-    cfg = dict(config)
-    model_type = cfg.pop("model_type")
-    conf = AutoConfig.for_model(model_type, **cfg)
-    conf._attn_implementation = {"flash": "flash_attention_2"}.get(attn, attn)
-    conf.use_cache = False
-    return conf
 
 
 def build_family_model(family, preset, *, dtype: str = "fp32", attn: str = "sdpa", peft: str = "full",
@@ -97,42 +88,6 @@ def warnings_off():
         yield
 
 
-def build_model(config: Mapping[str, Any], *, dtype: str = "fp32", attn: str = "sdpa", peft: str = "full",
-                peft_options: Mapping[str, Any] | None = None, default_lora_targets=(), family=None,
-                gradient_checkpointing: bool = False):
-    """A randomly initialised causal LM for ``config`` (a preset's ``config.json`` dict), PEFT-wrapped.
-
-    Uses the family's own model class when ``family`` is given (through its
-    loader on the preset), else ``AutoModelForCausalLM``. Call it inside
-    :func:`fake_mode` for large shapes.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    torch_dtype = getattr(torch, TORCH_DTYPES[dtype])
-    conf = _config_object(config, attn)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch_dtype)
-    try:
-        model = None
-        if family is not None:
-            model = _family_model(family, config, conf, torch_dtype)
-        if model is None:
-            model = AutoModelForCausalLM.from_config(conf)
-    finally:
-        torch.set_default_dtype(old)
-    model.config.use_cache = False
-    model.train()
-    with _fake_safe_conversions():
-        model = apply_peft(model, peft, dict(peft_options or {}), default_lora_targets)
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        if peft != "full" and hasattr(model, "enable_input_require_grads"):
-            model.enable_input_require_grads()
-    model.train()
-    return model
-
-
 @contextlib.contextmanager
 def _fake_safe_conversions():
     """Under FakeTensorMode, ``Module.to(...)`` swaps parameters, which fake parameters refuse.
@@ -163,17 +118,6 @@ def _fake_safe_conversions():
     finally:
         BaseTunerLayer._move_adapter_to_device_of_base_layer = orig_move
         torch.utils.swap_tensors = orig_swap
-
-
-def _family_model(family, config, conf, torch_dtype):
-    """The model class the family's loader would build, when it is not transformers' auto class."""
-    import importlib
-
-    cls_ref = getattr(family, "extra_model_class", None)
-    if cls_ref:
-        mod, _, attr = cls_ref.partition(":")
-        return getattr(importlib.import_module(mod), attr)(conf)
-    return None
 
 
 def apply_peft(model, method: str, options: dict, default_lora_targets=(), family=None,
