@@ -109,3 +109,22 @@ def test_no_import_circles():
         if node not in state:
             visit(node, [])
     assert not circles, "import circles:\n" + "\n".join(" -> ".join(c) for c in circles)
+
+
+def test_every_subpackage_ships_in_the_wheel():
+    import tomllib
+
+    root = os.path.dirname(os.path.dirname(CORE))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        setup = tomllib.load(f)["tool"]["setuptools"]
+    listed = set(setup["packages"])
+    missing = []
+    for name, where in setup["package-dir"].items():
+        base = os.path.join(root, where)
+        for folder, _dirs, files in os.walk(base):
+            if "__init__.py" in files:
+                rel = os.path.relpath(folder, base)
+                pkg = name if rel == "." else name + "." + rel.replace(os.sep, ".")
+                if pkg not in listed:
+                    missing.append(pkg)
+    assert not missing, f"packages pyproject.toml does not list (a wheel would leave them out): {missing}"
