@@ -20,13 +20,6 @@ from lmforge.testing import ConformanceError, check_data_format, check_family, c
 torch = pytest.importorskip("torch")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture
 def with_plugin():

@@ -16,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from lmforge.plugins.registry import get_registry  # noqa: E402
+from lmforge.testing.family import teacher_forced_logits  # noqa: E402
 
 pytestmark = pytest.mark.latest
 
@@ -49,24 +50,6 @@ def _greedy(comp, prompts, use_cache, steps=8):
     return out.sequences, torch.stack(out.logits, 1).float()
 
 
-def _teacher_forced(comp, prompts, seq, steps=8):
-    """Per-step logits of one forward over the generated sequence, the answer marked as trained.
-
-    CPM-Ant attends bidirectionally over its context: recomputing the whole
-    sequence each step would make the generated tokens context too, which is not
-    what it was trained on. Its labels-driven prefix-LM mask (context = prompt,
-    causal from the first trained token) is the reference its cached decoding must match.
-    """
-    batch = comp.prepare_batch([comp.encode(p) for p in prompts])
-    width = batch["input_ids"].shape[1]
-    mask = torch.cat([batch["attention_mask"], torch.ones(seq.shape[0], steps, dtype=torch.long)], 1)
-    labels = seq.clone()
-    labels[:, :width] = -100
-    with torch.no_grad():
-        logits = comp.model(input_ids=seq, attention_mask=mask, labels=labels).logits.float()
-    return logits[:, width - 1:-1]
-
-
 PREFIX_LM_FAMILIES = {"cpmant"}
 
 
@@ -77,7 +60,7 @@ def test_cached_greedy_equals_uncached(completions, preset, prompts):
     comp = completions(preset)
     seq_cached, logits_cached = _greedy(comp, prompts, use_cache=True)
     if comp.family.name in PREFIX_LM_FAMILIES:
-        logits_full = _teacher_forced(comp, prompts, seq_cached)
+        logits_full = teacher_forced_logits(comp, comp.prepare_batch([comp.encode(p) for p in prompts]), seq_cached)
         assert torch.equal(logits_full.argmax(-1), seq_cached[:, -logits_full.shape[1]:])
     else:
         seq_full, logits_full = _greedy(comp, prompts, use_cache=False)

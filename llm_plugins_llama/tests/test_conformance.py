@@ -12,13 +12,6 @@ from lmforge.testing import check_family
 torch = pytest.importorskip("torch")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # a shared CPU: one thread per process is steady, more spin
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.mark.parametrize("family", ["llama"])
 def test_family_conforms(family, tmp_path):

@@ -68,6 +68,15 @@ def check_family(name: str, *, preset: str | None = None, workdir: str | None = 
     the short full fine-tuning run. Raises :class:`~lmforge.testing.ConformanceError`
     naming the first check that fails; returns a :class:`~lmforge.testing.Report`.
     """
+    from lmforge.testing.helpers import single_torch_thread
+
+    with single_torch_thread():
+        return _check_family(name, preset=preset, workdir=workdir, steps=steps, lr=lr, prefix_lm=prefix_lm)
+
+
+def _check_family(name: str, *, preset: str | None = None, workdir: str | None = None, steps: int = 8,
+                  lr: float = 3e-3, prefix_lm: bool = False) -> Report:
+    """:func:`check_family`'s body, on one torch thread."""
     from lmforge.plugins.registry import get_registry
 
     report = Report("model family", name)
@@ -256,7 +265,14 @@ def _greedy(comp, prompts, use_cache: bool, steps: int = 8):
     return batch, out.sequences, torch.stack(out.logits, 1).float()
 
 
-def _teacher_forced(comp, batch, seq, steps: int = 8):
+def teacher_forced_logits(comp, batch, seq, steps: int = 8):
+    """Per-step logits of one forward over the generated ``seq``, the answer marked as trained.
+
+    The uncached reference of a prefix-LM (CPM-Ant attends bidirectionally over its
+    context, so recomputing the whole sequence each step would make the generated
+    tokens context too): its labels-driven mask (context = prompt, causal from the
+    first trained token) is what its cached decoding must match.
+    """
     import torch
 
     width = batch["input_ids"].shape[1]
@@ -277,7 +293,7 @@ def _check_cache(run_dir: str, prefix_lm: bool) -> None:
     for prompts in GENERATION_PROMPTS:
         batch, seq, logits = _greedy(comp, prompts, use_cache=True)
         if prefix_lm:
-            reference = _teacher_forced(comp, batch, seq)
+            reference = teacher_forced_logits(comp, batch, seq)
             assert torch.equal(reference.argmax(-1), seq[:, -reference.shape[1]:]), (
                 f"{prompts}: cached greedy tokens are not the argmax of one forward over the sequence")
         else:

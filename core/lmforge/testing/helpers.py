@@ -9,8 +9,23 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from unittest import mock
+
+@contextmanager
+def single_torch_thread():
+    """torch on one intra-op thread inside the block (restored after): the conformance runs are tiny,
+    and on a shared CPU one thread per process is steady where more spin against each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
 
 PROBE_TEXT = "What is 2 plus 3?"
 PROMPTS = ["What is 2 plus 3?", "What is 7 times 6? Answer briefly.", "Anna has 4 apples."]

@@ -32,6 +32,15 @@ def check_peft_method(name: str, *, preset: str = "tiny-llama", options: dict | 
     Raises :class:`~lmforge.testing.ConformanceError` naming the first check that
     fails; returns a :class:`~lmforge.testing.Report`.
     """
+    from lmforge.testing.helpers import single_torch_thread
+
+    with single_torch_thread():
+        return _check_peft_method(name, preset=preset, options=options, lr=lr, steps=steps, workdir=workdir)
+
+
+def _check_peft_method(name: str, *, preset: str = "tiny-llama", options: dict | None = None, lr: float = 1e-2,
+                      steps: int = 12, workdir: str | None = None) -> Report:
+    """:func:`check_peft_method`'s body, on one torch thread."""
     from lmforge.plugins.descriptors import resolve_ref
     from lmforge.plugins.registry import get_registry
 
