@@ -130,7 +130,9 @@ def fast_tokenizer(tokenizer):
     ``build_inputs_with_special_tokens`` does. The chat template is the tokenizer's own.
     Unlike lmforge's ChatGLM2/3 tokenizer, plain text that contains a command string is
     read as that command (as in every transformers fast tokenizer; pass
-    ``split_special_tokens=True`` to keep user text as text).
+    ``split_special_tokens=True`` to keep user text as text). One chat the fast tokenizer
+    cannot reproduce: ChatGLM2 with a system message, whose template glues ``sop`` to the
+    system text (``[gMASK]sopYou are``), where a single-word ``sop`` does not match.
     """
     from tokenizers import AddedToken, processors
     from transformers import PreTrainedTokenizerFast
