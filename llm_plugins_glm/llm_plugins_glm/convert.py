@@ -138,6 +138,8 @@ def fast_tokenizer(tokenizer):
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
+    from lmforge.errors import LmforgeError
+
     from .tokenization import GLM4_PATTERN, ChatGLM2Tokenizer, GLM4Tokenizer
 
     if isinstance(tokenizer, GLM4Tokenizer):
@@ -151,8 +153,8 @@ def fast_tokenizer(tokenizer):
                                 for t, _ in commands])
     wrong = {t: backend.token_to_id(t) for t, i in commands if backend.token_to_id(t) != i}
     if wrong or backend.get_vocab_size() != tokenizer.vocab_size:
-        raise ValueError(f"tokenizer.json conversion: command ids {wrong} / vocabulary size "
-                         f"{backend.get_vocab_size()} differ from {type(tokenizer).__name__}'s")
+        raise LmforgeError(f"export: {tokenizer.vocab_file}: the tokenizer.json conversion gives other command ids "
+                           f"({wrong}) or vocabulary size ({backend.get_vocab_size()} != {tokenizer.vocab_size})")
     prefix = [tokenizer.convert_ids_to_tokens(i) for i in tokenizer.get_prefix_tokens()]
     eos = tokenizer.eos_token
     template = processors.TemplateProcessing(
@@ -168,13 +170,13 @@ def fast_tokenizer(tokenizer):
         chat_template=tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None, **special)
 
 
-def save_fast_tokenizer(tokenizer, out_dir: str) -> None:
-    """Write ``tokenizer.json`` + ``tokenizer_config.json`` (``tokenizer_class: PreTrainedTokenizerFast``, the
-    special tokens, ``chat_template``), the files ``THUDM/glm-4-9b-chat-hf`` ships."""
+def save_fast_tokenizer(fast, out_dir: str) -> None:
+    """Write a :func:`fast_tokenizer` as ``tokenizer.json`` + ``tokenizer_config.json``
+    (``tokenizer_class: PreTrainedTokenizerFast``, the special tokens, ``chat_template``),
+    the files ``THUDM/glm-4-9b-chat-hf`` ships."""
     import json
     import os
 
-    fast = fast_tokenizer(tokenizer)
     fast.save_pretrained(out_dir, save_jinja_files=False)  # chat_template inside tokenizer_config.json
     path = os.path.join(out_dir, "tokenizer_config.json")
     with open(path, encoding="utf-8") as f:
@@ -211,10 +213,12 @@ def export_transformers(model, tokenizer, out_dir: str) -> None:
             f"export: transformers has no architecture for {model_type!r} (GLM v1 / ChatGLM-6B): load it with "
             "lmforge (lmforge.load, lmforge generate; `lmforge merge` writes the released layout), or the released "
             "layout with the released modeling code under trust_remote_code, at your own trust")
-    native.save_pretrained(out_dir)
     from .tokenization import ChatGLM2Tokenizer, GLM4Tokenizer
 
-    if isinstance(tokenizer, (ChatGLM2Tokenizer, GLM4Tokenizer)):
-        save_fast_tokenizer(tokenizer, out_dir)
+    # converted before anything is written, so a tokenizer that cannot convert leaves no half export
+    fast = fast_tokenizer(tokenizer) if isinstance(tokenizer, (ChatGLM2Tokenizer, GLM4Tokenizer)) else None
+    native.save_pretrained(out_dir)
+    if fast is not None:
+        save_fast_tokenizer(fast, out_dir)
     else:
         tokenizer.save_pretrained(out_dir)

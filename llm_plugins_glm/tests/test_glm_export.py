@@ -174,3 +174,22 @@ def test_variants_transformers_lacks_are_refused_with_what_loads_them(tmp_path, 
     line = res.output.strip()
     assert line.startswith("error: export: transformers has no architecture") and "\n" not in line
     assert "lmforge" in line and "trust_remote_code" in line
+
+
+def test_sentencepiece_model_the_converter_does_not_mirror_is_refused_before_writing(tmp_path):
+    from transformers.convert_slow_tokenizer import import_protobuf
+
+    from lmforge.errors import LmforgeError
+    from llm_plugins_glm.convert import export_transformers
+    from llm_plugins_glm.tokenization import ChatGLM3Tokenizer
+
+    model, tok, _ = load_preset("chatglm3")
+    proto = import_protobuf().ModelProto()
+    proto.ParseFromString(open(tok.vocab_file, "rb").read())
+    proto.normalizer_spec.remove_extra_whitespaces = True  # "a  b" -> "a b": LlamaConverter would keep both spaces
+    bad = tmp_path / "tokenizer.model"
+    bad.write_bytes(proto.SerializeToString())
+    out = tmp_path / "export"
+    with pytest.raises(LmforgeError, match=r"tokenizer.model: only sentencepiece BPE models with an identity"):
+        export_transformers(model, ChatGLM3Tokenizer(str(bad)), str(out))
+    assert not out.exists()
