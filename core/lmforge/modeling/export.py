@@ -4,7 +4,8 @@ Adapter runs are merged first (the method's ``merge``). A family whose saved
 layout is already transformers' native one (LLaMA, Bloom, MiniCPM, ...) is saved
 with ``save_pretrained``; a family with its own layout registers
 ``ModelFamily.exporter`` to write the native one (GLM: ChatGLM2/3 and GLM-4 as
-``GlmForCausalLM``), or refuses, saying what loads it instead. The output never
+``GlmForCausalLM``, their tokenizers as ``tokenizer.json`` for ``PreTrainedTokenizerFast``),
+or refuses, saying what loads it instead. The output never
 needs ``trust_remote_code``: the export checks its ``config.json`` names an
 architecture transformers has.
 """

@@ -350,6 +350,9 @@ def _train_in_dir(spec: JobSpec, source: ModelSource, reg, job_data, start) -> T
 
     runfiles.pin_tensorboard_dir(trainer, out_dir)  # before the first evaluate() logs anything
     trainer.add_callback(runfiles.callback())
+    from lmforge.runtime.quiet import quiet_progress
+
+    quiet_progress(trainer)  # one progress bar on stderr while training (eval bars with --verbose)
     generation_metrics = evalgen.callback(spec, source.family, tokenizer, reg)
     if generation_metrics is not None:
         generation_metrics.trainer = trainer
