@@ -5,7 +5,11 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-PIP    := $(PY) -m pip
+# setuptools' editable builds emit an InformationOnly note ("Editable installation ... be careful with
+# folders named like the package"): a UserWarning about editable installs in general, not about this
+# project. The variable keeps it (and only UserWarnings) out of the set-up output.
+QUIETBUILD := PYTHONWARNINGS=ignore::UserWarning
+PIP    := $(QUIETBUILD) $(PY) -m pip
 STAMP  := $(VENV)/.lmforge-installed
 PLUGINS := $(sort $(wildcard llm_plugins_*/pyproject.toml))
 
@@ -31,12 +35,12 @@ LPY       := $(LATEST)/bin/python
 LSTAMP    := $(LATEST)/.lmforge-installed
 $(LPY):
 	$(PYTHON) -m venv $(LATEST)
-	$(LPY) -m pip install --quiet --upgrade pip
+	$(QUIETBUILD) $(LPY) -m pip install --quiet --upgrade pip
 
 $(LSTAMP): $(LPY) pyproject.toml $(PLUGINS)
-	$(LPY) -m pip install --quiet torch==2.13.0
-	$(LPY) -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[train,quant,test]" transformers peft accelerate bitsandbytes
-	for p in $(dir $(PLUGINS)); do $(LPY) -m pip install --quiet -e ./$$p || exit 1; done
+	$(QUIETBUILD) $(LPY) -m pip install --quiet torch==2.13.0
+	$(QUIETBUILD) $(LPY) -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[train,quant,test]" transformers peft accelerate bitsandbytes
+	for p in $(dir $(PLUGINS)); do $(QUIETBUILD) $(LPY) -m pip install --quiet -e ./$$p || exit 1; done
 	touch $(LSTAMP)
 
 setup-latest: $(LSTAMP)
