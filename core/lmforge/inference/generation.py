@@ -135,7 +135,10 @@ class Completion:
 
     ``Completion(run_or_model_dir)`` accepts an lmforge run directory (base +
     adapter picked up from ``lmforge.yaml``), a checkpoint directory, or a preset;
-    ``adapter`` applies an adapter directory or adapter run on top.
+    ``adapter`` applies an adapter directory or adapter run on top. ``long_context``
+    (a ``long_context:`` mapping) or AntLLM's ``use_long_glm=True`` (the family's method
+    at ``long_glm_factor`` times the model's positions) extends the positions on load; a
+    run trained with an extension reloads with it without either (docs/long-context.md).
     """
 
     def __init__(self, model: str, adapter: str | None = None, use_long_glm: bool = False, *,
