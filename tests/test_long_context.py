@@ -397,3 +397,40 @@ def test_generic_family_extends_a_rope_checkpoint(tmp_path):
     assert model.config.max_position_embeddings == 4 * ORIG
     assert torch.allclose(model.model.rotary_emb.inv_freq.double(), base_inv_freq(16, cfg.rope_parameters["rope_theta"]) / 4,
                           rtol=1e-6)
+
+
+def test_factor_one_changes_nothing_and_a_loader_that_skips_the_extension_is_refused():
+    import dataclasses
+
+    from lmforge.modeling.loading import LoadOptions, hf_load, load_model, resolve_model
+    from lmforge.plugins.descriptors import ModelFamily, supported, unsupported
+    from lmforge.plugins.registry import get_registry
+    from lmforge.train.job import check_capabilities
+
+    fixed = ModelFamily(name="fixed", loader="x:y", arch_from_config=lambda c: None,
+                        capabilities={"long_context": unsupported("learned absolute positions")})
+    source = resolve_model("tiny-llama")
+    shift_only = _validate(long_context={"factor": 1, "shift_attn": True})
+    check_capabilities(shift_only, dataclasses.replace(source, family=fixed), get_registry())  # nothing to extend
+    model, _ = load_model(source, LoadOptions(long_context=lc("family", factor=1.0, orig="auto")))
+    assert model.config.rope_parameters["rope_type"] == "default" and model.config.max_position_embeddings == 1024
+
+    def lazy_loader(src, options):
+        return hf_load(src, dataclasses.replace(options, long_context=None))
+
+    lazy = ModelFamily(name="lazy", loader=lazy_loader, arch_from_config=lambda c: None,
+                       capabilities={"long_context": supported()}, long_context_methods=("linear",),
+                       extend_context="lmforge.modeling.longctx:rope_scaling")
+    with pytest.raises(LmforgeError, match="the 'lazy' family's loader does not apply it"):
+        load_model(dataclasses.replace(source, family=lazy), LoadOptions(long_context=lc("linear")))
+
+
+def test_resume_compares_long_context_and_accepts_runs_saved_before_it():
+    from lmforge.runs.rundir import config_differences, is_trajectory_key
+
+    new = _validate(max_length=64)
+    old = {k: v for k, v in new.items() if k not in ("long_context", "use_long_glm", "long_glm_factor")}
+    assert config_differences(old, new) == []  # a run saved before these keys existed resumes as before
+    longer = _validate(max_length=64, long_context={"method": "yarn"})
+    diffs = config_differences(new, longer)
+    assert diffs and all(is_trajectory_key(k) for k, _, _ in diffs)

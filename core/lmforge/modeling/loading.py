@@ -278,7 +278,7 @@ def load_model(source: ModelSource, options: LoadOptions):
     """Run the family's loader; returns ``(model, tokenizer)`` with a pad token set."""
     loader = resolve_ref(source.family.loader)
     model, tokenizer = loader(source, options)
-    if options.long_context is not None and options.long_context_applied is None:
+    if options.long_context is not None and options.long_context.factor != 1.0 and options.long_context_applied is None:
         raise LmforgeError(f"long_context: the {source.family.name!r} family's loader does not apply it (it must "
                            "call lmforge.modeling.loading.apply_long_context on the model config)")
     ensure_pad_token(tokenizer, model)

@@ -122,11 +122,12 @@ def extend(config: Any, family, lc: LongContextSpec) -> LongContextSpec:
     """Check, resolve and apply ``lc`` to ``config`` (in place) with the family's ``extend_context``;
     returns the resolved section. A factor of 1 changes nothing."""
     check(family, lc)
+    if lc.factor == 1.0:
+        return lc  # positions unchanged (LongLoRA's shifted attention alone): nothing to resolve or write
     resolved = resolve(lc, config, family)
-    if resolved.factor != 1.0:
-        from lmforge.plugins.descriptors import resolve_ref
+    from lmforge.plugins.descriptors import resolve_ref
 
-        resolve_ref(family.extend_context)(config, resolved)
+    resolve_ref(family.extend_context)(config, resolved)
     return resolved
 
 
