@@ -317,6 +317,12 @@ def test_trained_run_saves_the_extension_and_reloads_to_the_same_logits(tmp_path
     model, _ = lmforge.load(out, dtype="fp32")  # nothing to pass
     res.model.eval()
     assert torch.allclose(_logits(model), _logits(res.model.float()), atol=1e-5)
+    from lmforge.inference.generation import Completion
+
+    served = Completion(out, use_long_glm=True, dtype="fp32")  # AntLLM: trained and served with use_long_glm
+    assert served.context_length == 2048 and served.model.config.rope_parameters == model.config.rope_parameters
+    with pytest.raises(LmforgeError, match="already scales its positions"):
+        Completion(out, long_context={"method": "yarn"}, dtype="fp32")
     from transformers import LlamaForCausalLM  # transformers alone reads the same scaling
 
     hf = LlamaForCausalLM.from_pretrained(out)

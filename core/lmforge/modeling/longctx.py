@@ -142,9 +142,10 @@ def rotary_dim(config: Any) -> int:
 def rope_scaling(config: Any, lc: LongContextSpec) -> None:
     """Write ``lc`` into a transformers config as its own RoPE parameters (see the module docstring), in place.
 
-    ``lc`` is resolved (:func:`resolve`). Refuses a method outside :data:`ROPE_METHODS`, a config
-    without RoPE parameters, and a config that already scales its positions (a second scaling is not
-    stacked: transformers applies one ``rope_type``).
+    ``lc`` is resolved (:func:`resolve`). A config that already has this method and factor (a run
+    trained with it) is left as it is. Refuses a method outside :data:`ROPE_METHODS`, a config
+    without RoPE parameters, and a config that already scales its positions otherwise (a second
+    scaling is not stacked: transformers applies one ``rope_type``).
     """
     if lc.method not in ROPE_METHODS:
         raise CapabilityError(f"long_context.method: {lc.method!r} is not a RoPE scaling ({', '.join(ROPE_METHODS)})")
@@ -153,6 +154,8 @@ def rope_scaling(config: Any, lc: LongContextSpec) -> None:
         raise CapabilityError("long_context: this model config has no RoPE parameters (rope_parameters / "
                               "rope_theta), so RoPE scaling does not apply to it")
     kind = params.get("rope_type", "default")
+    if kind == lc.method and params.get("factor") is not None and float(params["factor"]) == float(lc.factor):
+        return  # already extended this way (a run trained with it, served with use_long_glm=True): kept as saved
     if kind != "default":
         raise LmforgeError(f"long_context: the model config already scales its positions (rope_type {kind!r}, "
                            f"factor {params.get('factor')}); lmforge does not stack a second scaling on it")
