@@ -2,7 +2,9 @@
 
 ``lmforge.load`` (and so training, ``Completion`` and ``lmforge generate``) go
 through :func:`resolve_model` and the family's ``loader``; the family decides
-how weights, tokenizer and any custom architecture come together.
+how weights, tokenizer and any custom architecture come together. A job's
+``long_context`` section travels in :class:`LoadOptions`; every loader applies it
+to the config it builds the model from with :func:`apply_long_context`.
 
 Only :func:`resolve_model` is torch-free; the loading helpers import torch and
 transformers inside their bodies.
