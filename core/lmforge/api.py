@@ -27,6 +27,9 @@ _KEYMAP = {
     "overwrite": "overwrite",
     "force_resume": "force_resume",
     "threads": "threads",
+    "use_long_glm": "use_long_glm",
+    "long_glm_factor": "long_glm_factor",
+    "long_context": "long_context",
 }
 
 
@@ -82,7 +85,9 @@ class FineTune:
         ``train_on_prompt``, ``use_packed_training=True`` (= ``packing: true``),
         ``online_packing``, ``resume=True`` (continue the run in ``output_dir``),
         ``overwrite=True`` (replace it), ``force_resume=True``, ``epoch`` (= ``num_train_epochs``),
-        ``dynamic_batch=True`` with ``gpu_memory`` / ``memory_margin`` (see docs/memory.md)
+        ``dynamic_batch=True`` with ``gpu_memory`` / ``memory_margin`` (see docs/memory.md),
+        ``long_context={...}`` or AntLLM's ``use_long_glm=True`` (with ``long_glm_factor``; the job
+        trains at ``max_length x long_glm_factor``, see docs/long-context.md)
         and any ``transformers.TrainingArguments`` field (``max_steps``,
         ``learning_rate``, ``per_device_train_batch_size`` ...).
         """

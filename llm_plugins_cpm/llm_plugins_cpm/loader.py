@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 
-from lmforge.modeling.loading import LoadOptions, ModelSource, hf_load, torch_dtype
+from lmforge.modeling.loading import LoadOptions, ModelSource, apply_long_context, hf_load, torch_dtype
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 MINICPM_MODELING = "llm_plugins_cpm.minicpm_modeling"
@@ -94,6 +94,23 @@ def load_minicpm3(source: ModelSource, options: LoadOptions):
                    config_class="transformers:MiniCPM3Config", tokenizer_loader=load_local_tokenizer)
 
 
+def extend_minicpm3(config, lc) -> None:
+    """``long_context`` for MiniCPM3: transformers' RoPE scaling of the rotary half of its latent attention.
+
+    The released MiniCPM3 configs already use LongRoPE (per-dimension factors searched for their 32K
+    window); new LongRoPE factors cannot be derived for another length without that search, and
+    transformers applies one ``rope_type``, so such a config is refused rather than overwritten.
+    """
+    from lmforge.errors import CapabilityError
+    from lmforge.modeling.longctx import rope_parameters, rope_scaling
+
+    if rope_parameters(config).get("rope_type") == "longrope":
+        raise CapabilityError("long_context: this MiniCPM3 config already uses LongRoPE (factors searched for its "
+                              f"{getattr(config, 'max_position_embeddings', '?')}-token window); lmforge keeps it as "
+                              "released and does not stack another scaling or search new LongRoPE factors")
+    rope_scaling(config, lc)
+
+
 # --------------------------------------------------------------------------
 # MiniCPM 1/2 and 9G: this plugin's architecture
 
@@ -115,6 +132,7 @@ def load_minicpm(source: ModelSource, options: LoadOptions):
         config.auto_map = dict(source.config["auto_map"])  # written back by the saver
     if options.attn_implementation:
         config._attn_implementation = options.attn_implementation
+    apply_long_context(config, source, options)
     kwargs = {k: v for k, v in options.model_kwargs.items()}
     model = MiniCPMForCausalLM.from_pretrained(source.path, config=config, dtype=torch_dtype(options.dtype), **kwargs)
     return model, load_local_tokenizer(source.path)

@@ -171,10 +171,14 @@ MINICPM = ModelFamily(
         "qlora": experimental(QLORA_NOTE),
         "prefix": supported("peft prefix tuning through the standard KV cache"),
         "packing": supported("per-sample position_ids without attention_mask give transformers' packed causal mask"),
-        "long_context": experimental("rope_scaling from config.json through transformers' RoPE utilities"),
+        # tests/test_long_context.py: frequencies, saved config (released rope_scaling spelling) and reload
+        "long_context": supported("RoPE scaling (linear, dynamic, yarn, llama3, ntk) through transformers' RoPE "
+                                  "code, saved as rope_scaling the released code reads"),
         "flash_attention": experimental(FLASH_NOTE),
         "gradient_checkpointing": supported(),
     },
+    long_context_methods=("linear", "dynamic", "yarn", "llama3", "ntk"),
+    extend_context="lmforge.modeling.longctx:rope_scaling",
 )
 
 
@@ -256,10 +260,14 @@ MINICPM3 = ModelFamily(
             "MiniCPM3's latent attention has keys (qk_nope_head_dim + qk_rope_head_dim wide) and values "
             "(v_head_dim wide) of different sizes; peft's prefix tuning builds both as hidden_size / heads"),
         "packing": supported("per-sample position_ids without attention_mask give transformers' packed causal mask"),
-        "long_context": experimental("LongRoPE from config.json through transformers' RoPE utilities"),
+        # tests/test_long_context.py: yarn on the rotary part of the latent attention, saved and reloaded
+        "long_context": supported("RoPE scaling (yarn, linear, dynamic, ntk) of the qk_rope_head_dim part; the "
+                                  "released configs already use LongRoPE, which is kept as it is (not stacked)"),
         "flash_attention": experimental(FLASH_NOTE),
         "gradient_checkpointing": supported(),
     },
+    long_context_methods=("yarn", "linear", "dynamic", "ntk"),
+    extend_context=f"{_L}:extend_minicpm3",
 )
 
 

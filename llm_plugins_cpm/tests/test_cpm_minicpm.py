@@ -244,5 +244,7 @@ def test_every_supported_claim_is_covered():
     reg = _registry()
     for name in ("minicpm", "minicpm3"):
         claimed = {k for k, c in reg.family(name).capabilities.items() if c.status == SUPPORTED}
-        expected = {"full", "lora", "packing", "gradient_checkpointing"} | ({"prefix"} if name == "minicpm" else set())
-        assert claimed == expected  # full/lora/prefix: test_cpm_training.py; the rest: above
+        expected = {"full", "lora", "packing", "gradient_checkpointing", "long_context"} | (
+            {"prefix"} if name == "minicpm" else set())
+        # full/lora/prefix: test_cpm_training.py; long_context: tests/test_long_context.py; the rest: above
+        assert claimed == expected

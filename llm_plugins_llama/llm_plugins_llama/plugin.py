@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lmforge import hookimpl
 from lmforge.modeling.arch import llama_arch
-from lmforge.plugins.descriptors import ModelFamily, Preset, experimental, supported
+from lmforge.plugins.descriptors import ModelFamily, Preset, supported
 from lmforge.plugins.templates import LLAMA2
 
 
@@ -64,9 +64,13 @@ LLAMA = ModelFamily(
         # RoPE positions restart per example (lmforge's default packed collator); attention goes through
         # transformers' attention interface, so lmforge's per-example attention applies
         "packing": supported(),
-        "long_context": experimental("rope_scaling from config.json through transformers' RoPE utilities; "
-                                     "not exercised by this plugin's tests"),
+        # tests/test_long_context.py: each method's frequencies, saved config + reload, generation past the
+        # original positions, packing, and the copy-task benchmark (docs/long-context.md)
+        "long_context": supported("RoPE scaling (linear, dynamic, yarn, llama3, ntk) written into config.json as "
+                                  "transformers' rope_parameters"),
     },
+    long_context_methods=("linear", "dynamic", "yarn", "llama3", "ntk"),
+    extend_context="lmforge.modeling.longctx:rope_scaling",
 )
 
 

@@ -61,8 +61,13 @@ CAUSAL_LM = ModelFamily(
         "gradient_checkpointing": experimental("where the model implements it (transformers refuses one that does "
                                                "not)"),
         "flash_attention": experimental("where transformers implements it for the architecture (CUDA only)"),
-        "long_context": experimental("whatever the checkpoint's config.json sets (rope_scaling ...); untested"),
+        # tests/test_long_context.py extends a tiny Qwen2 checkpoint; other RoPE architectures go through the same
+        # rope_parameters, and an architecture without RoPE parameters is refused at load
+        "long_context": experimental("RoPE scaling through transformers' rope_parameters for architectures that "
+                                     "have them (tested on Qwen2); architectures without RoPE are refused"),
     },
+    long_context_methods=("linear", "dynamic", "yarn", "llama3", "ntk"),
+    extend_context="lmforge.modeling.longctx:rope_scaling",
 )
 
 

@@ -33,6 +33,9 @@ class Key:
     required: bool = False
 
 
+# long_context.method values ("family": the first of the family's ModelFamily.long_context_methods)
+LONG_CONTEXT_METHODS = ("linear", "dynamic", "yarn", "llama3", "ntk", "family")
+
 # The schema. Sections are dicts of Key; ``peft`` options are checked against the
 # chosen method's own schema, ``train`` against TrainingArguments.
 SCHEMA: dict[str, Any] = {
@@ -84,6 +87,18 @@ SCHEMA: dict[str, Any] = {
         "online_packing": Key(bool, True, "with packing: true, pack examples at load time (true) or keep the rows "
                               "of an offline-packed file, one record per row (false; see `lmforge data pack`)"),
     },
+    "long_context": {
+        "method": Key(str, "family", "how positions are extended: linear (position interpolation), dynamic "
+                      "(dynamic NTK), yarn, llama3, ntk (static NTK-aware base), or family (the family's default; "
+                      "see docs/long-context.md)", choices=LONG_CONTEXT_METHODS),
+        "factor": Key(float, 2.0, "new context = factor x original_max_position (1 keeps the positions as they are)"),
+        "original_max_position": Key((int, str), "auto", "the pretraining context: a number, or auto (the "
+                                     "checkpoint's or preset's max positions)"),
+        "shift_attn": Key(bool, False, "LongLoRA's shifted sparse attention during training"),
+    },
+    "use_long_glm": Key(bool, False, "AntLLM's spelling: long_context {method: family, factor: long_glm_factor}, "
+                        "and the job trains at max_length x long_glm_factor"),
+    "long_glm_factor": Key(int, 2, "with use_long_glm: the context and max_length multiplier"),
     "peft": {"method": Key(str, "full", "the PEFT method (see `lmforge plugins`)")},
     "train": {},
     "launcher": {
@@ -100,6 +115,9 @@ SCHEMA: dict[str, Any] = {
     "plugins": Key(dict, None, "written by lmforge into lmforge.yaml: which plugin provided what (informational)"),
     "lmforge_version": Key(str, None, "written by lmforge into lmforge.yaml (informational)"),
 }
+
+# spellings validate() folds into other keys (use_long_glm -> long_context and max_length)
+ALIAS_KEYS = ("use_long_glm", "long_glm_factor")
 
 TRAIN_RESERVED = {"output_dir": "set the top-level output_dir instead"}
 
@@ -235,6 +253,7 @@ def validate(config: Mapping, registry=None) -> dict:
 
     if not isinstance(config, Mapping):
         raise ConfigError(f"config must be a mapping, got {type(config).__name__}")
+    check_long_context_method(config)
     cfg = _check_section(config, SCHEMA, "")
     reg = registry or get_registry()
 
@@ -290,7 +309,46 @@ def validate(config: Mapping, registry=None) -> dict:
     cfg["threads"] = parse_threads(cfg["threads"]) or "auto"
     if cfg["max_length"] <= 0:
         raise ConfigError(f"max_length: must be positive, got {cfg['max_length']}")
+    _resolve_long_context(config, cfg)
     return cfg
+
+
+def _resolve_long_context(raw: Mapping, cfg: dict) -> None:
+    """``long_context`` checked and in its canonical form (``None`` when absent or empty).
+
+    ``use_long_glm: true`` (AntLLM) becomes ``long_context: {method: family, factor: long_glm_factor}``
+    with ``max_length`` multiplied by the factor and ``use_long_glm`` set back to false, so the
+    resolved config (what ``lmforge.yaml`` records) validates to itself again.
+    """
+    given = raw.get("long_context")
+    if cfg["use_long_glm"]:
+        if given:
+            raise ConfigError("use_long_glm: set either use_long_glm (AntLLM's spelling) or long_context, not both")
+        if cfg["long_glm_factor"] < 1:
+            raise ConfigError(f"long_glm_factor: must be >= 1, got {cfg['long_glm_factor']}")
+        cfg["long_context"] = {**cfg["long_context"], "method": "family", "factor": float(cfg["long_glm_factor"])}
+        cfg["max_length"] *= cfg["long_glm_factor"]
+        cfg["use_long_glm"] = False
+        return
+    if not given:
+        cfg["long_context"] = None
+        return
+    lc = cfg["long_context"]
+    if lc["factor"] is None or lc["factor"] < 1:
+        raise ConfigError(f"long_context.factor: must be >= 1 (new context = factor x original), got {lc['factor']}")
+    orig = lc["original_max_position"]
+    if isinstance(orig, str) and orig != "auto" or isinstance(orig, int) and orig <= 0 or orig is None:
+        raise ConfigError(f"long_context.original_max_position: expected a positive integer or auto, got {orig!r}")
+
+
+def check_long_context_method(raw: Mapping) -> None:
+    """``long_context.method``: one of :data:`LONG_CONTEXT_METHODS`, with a did-you-mean (before type checks)."""
+    section = raw.get("long_context")
+    if isinstance(section, Mapping) and isinstance(section.get("method"), str):
+        method = section["method"]
+        if method not in LONG_CONTEXT_METHODS:
+            raise ConfigError(f"long_context.method: {method!r} is not one of {', '.join(LONG_CONTEXT_METHODS)}"
+                              f"{did_you_mean(method, LONG_CONTEXT_METHODS)}")
 
 
 # The 9G (CPM) launch scripts' environment names for the torchrun topology; a key set in the

@@ -149,6 +149,33 @@ class RunSpec:
 
 
 @dataclass(frozen=True)
+class LongContextSpec:
+    """``long_context:`` (or AntLLM's ``use_long_glm``, folded into it by validation); ``JobSpec.long_context``
+    is ``None`` when the config has none. ``method`` may still be ``"family"`` and ``original_max_position``
+    ``"auto"`` here: :func:`lmforge.modeling.longctx.resolve` makes them concrete against the model's config."""
+
+    method: str = _key("long_context.method")
+    factor: float = _key("long_context.factor")
+    original_max_position: int | str = _key("long_context.original_max_position")
+    shift_attn: bool = _key("long_context.shift_attn")
+
+    @classmethod
+    def of(cls, value: "LongContextSpec | Mapping | None") -> "LongContextSpec | None":
+        """A section from a ``long_context`` mapping (``Completion(long_context=...)``, a run's ``lmforge.yaml``),
+        checked by the config schema; ``None``/empty stays ``None``."""
+        if value is None or isinstance(value, cls):
+            return value
+        from lmforge.config.schema import SCHEMA, _check_section, _resolve_long_context, check_long_context_method
+
+        raw = {"long_context": dict(value)}
+        check_long_context_method(raw)
+        cfg = _check_section(raw, {k: SCHEMA[k] for k in ("long_context", "use_long_glm", "long_glm_factor",
+                                                          "max_length")}, "")
+        _resolve_long_context(raw, cfg)
+        return None if cfg["long_context"] is None else _section(cls, {"long_context": cfg["long_context"]})
+
+
+@dataclass(frozen=True)
 class TrainSpec:
     """``train:`` as the user wrote it (``args``) and the ``TrainingArguments`` keywords the job uses
     (``arguments``: :func:`training_arguments` of the spec, made once when it is built)."""
@@ -159,8 +186,9 @@ class TrainSpec:
 
 SECTIONS: dict[str, type] = {
     "model": ModelSpec, "data": DataSpec, "packing": PackingSpec, "peft": PeftSpec, "launcher": LauncherSpec,
-    "eval": EvalSpec, "memory": MemorySpec, "run": RunSpec, "train": TrainSpec,
+    "eval": EvalSpec, "memory": MemorySpec, "run": RunSpec, "train": TrainSpec, "long_context": LongContextSpec,
 }
+OPTIONAL_SECTIONS = ("long_context",)  # None in the JobSpec when the resolved config has none
 
 
 @dataclass(frozen=True)
@@ -176,6 +204,7 @@ class JobSpec:
     memory: MemorySpec
     run: RunSpec
     train: TrainSpec
+    long_context: LongContextSpec | None
     config: Mapping[str, Any] = field(repr=False)  # the resolved config, read-only
 
     def to_dict(self) -> dict:
@@ -186,7 +215,8 @@ class JobSpec:
     def from_resolved(cls, cfg: Mapping, *, cuda: bool | None = None) -> "JobSpec":
         """The spec of a config :func:`~lmforge.config.schema.validate` already resolved (no checks run)."""
         frozen = freeze(cfg)
-        sections = {name: _section(kind, frozen) for name, kind in SECTIONS.items()}
+        sections = {name: None if name in OPTIONAL_SECTIONS and frozen.get(name) is None else _section(kind, frozen)
+                    for name, kind in SECTIONS.items()}
         spec = cls(**sections, config=frozen)
         return dataclasses.replace(spec, train=dataclasses.replace(
             spec.train, arguments=freeze(training_arguments(spec, cuda=cuda))))
@@ -213,9 +243,14 @@ def _section(kind: type, cfg: Mapping) -> Any:
 
 
 def schema_keys() -> set[str]:
-    """Every dotted key of the schema (``data.train_file`` ...), for checking that the sections cover it."""
+    """Every dotted key of the schema (``data.train_file`` ...), for checking that the sections cover it;
+    the alias keys validation folds into others (:data:`~lmforge.config.schema.ALIAS_KEYS`) are left out."""
+    from lmforge.config.schema import ALIAS_KEYS
+
     out = set()
     for key, spec in SCHEMA.items():
+        if key in ALIAS_KEYS:
+            continue
         if isinstance(spec, dict) and spec:
             out.update(f"{key}.{k}" for k in spec)
         else:

@@ -135,12 +135,19 @@ class Completion:
 
     ``Completion(run_or_model_dir)`` accepts an lmforge run directory (base +
     adapter picked up from ``lmforge.yaml``), a checkpoint directory, or a preset;
-    ``adapter`` applies an adapter directory or adapter run on top.
+    ``adapter`` applies an adapter directory or adapter run on top. ``long_context``
+    (a ``long_context:`` mapping) or AntLLM's ``use_long_glm=True`` (the family's method
+    at ``long_glm_factor`` times the model's positions) extends the positions on load; a
+    run trained with an extension reloads with it without either (docs/long-context.md).
     """
 
-    def __init__(self, model: str, adapter: str | None = None, *, trust_remote_code: bool = False,
-                 dtype: str = "auto", device: str | None = None, raw: bool | None = None) -> None:
+    def __init__(self, model: str, adapter: str | None = None, use_long_glm: bool = False, *,
+                 trust_remote_code: bool = False, dtype: str = "auto", device: str | None = None,
+                 raw: bool | None = None, long_context: Mapping[str, Any] | None = None,
+                 long_glm_factor: int = 2) -> None:
         import torch
+
+        from lmforge.config.spec import LongContextSpec
 
         from lmforge.data.encoding import make_encoder
         from lmforge.modeling.loading import family_of_run, load, read_run_config
@@ -150,7 +157,13 @@ class Completion:
         apply_threads()  # torch CPU threads: OMP_NUM_THREADS, else --threads, else the cores not busy
         reg = get_registry()
         self.source = model
-        self.model, self.tokenizer = load(model, adapter=adapter, trust_remote_code=trust_remote_code, dtype=dtype)
+        if use_long_glm and long_context is not None:
+            raise ConfigError("use_long_glm: pass either use_long_glm (AntLLM's spelling) or long_context, not both")
+        # use_long_glm: the family's own method at long_glm_factor x the model's positions (AntLLM's window)
+        lc = LongContextSpec.of({"method": "family", "factor": float(long_glm_factor)} if use_long_glm
+                                else long_context)
+        self.model, self.tokenizer = load(model, adapter=adapter, trust_remote_code=trust_remote_code, dtype=dtype,
+                                          long_context=lc)
         self.family = family_of_run(model, reg)
         run_cfg = read_run_config(model) or {}
         template = (run_cfg.get("data") or {}).get("template", "family")
@@ -309,12 +322,11 @@ class Completion:
 
 
 def context_length(config) -> int | None:
-    """The longest sequence a model config says it handles, or ``None`` when it does not say."""
-    for key in ("max_position_embeddings", "seq_length", "max_sequence_length", "n_positions"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    """The longest sequence a model config says it handles (its max positions, times the factor of dynamic
+    NTK scaling), or ``None`` when it does not say."""
+    from lmforge.modeling.longctx import window
+
+    return window(config)
 
 
 class RowSampling:

@@ -2,7 +2,9 @@
 
 ``lmforge.load`` (and so training, ``Completion`` and ``lmforge generate``) go
 through :func:`resolve_model` and the family's ``loader``; the family decides
-how weights, tokenizer and any custom architecture come together.
+how weights, tokenizer and any custom architecture come together. A job's
+``long_context`` section travels in :class:`LoadOptions`; every loader applies it
+to the config it builds the model from with :func:`apply_long_context`.
 
 Only :func:`resolve_model` is torch-free; the loading helpers import torch and
 transformers inside their bodies.
@@ -48,6 +50,10 @@ class LoadOptions:
     trust_remote_code: bool = False
     model_kwargs: dict = field(default_factory=dict)
     for_training: bool = False
+    # the job's long_context section (a LongContextSpec), applied by apply_long_context; the loader
+    # records the resolved section in long_context_applied, and load_model checks that it did
+    long_context: Any = None
+    long_context_applied: Any = field(default=None, repr=False)
 
 
 def read_config_json(path: str) -> dict:
@@ -143,6 +149,20 @@ def _native_model_type(model_type: str | None) -> bool:
     return model_type in CONFIG_MAPPING_NAMES
 
 
+def apply_long_context(config, source: ModelSource, options: LoadOptions) -> None:
+    """Apply ``options.long_context`` to the transformers ``config`` a loader is about to build or load the
+    model with (in place; :func:`lmforge.modeling.longctx.extend` with the family's ``extend_context``).
+
+    Every family loader calls it once on its config object; :func:`load_model` refuses a loader that
+    was given a long_context section and did not. Nothing happens without one.
+    """
+    if options.long_context is None:
+        return
+    from lmforge.modeling.longctx import extend
+
+    options.long_context_applied = extend(config, source.family, options.long_context)
+
+
 def hf_load(
     source: ModelSource,
     options: LoadOptions,
@@ -174,6 +194,11 @@ def hf_load(
         check_model_dir(source.path)  # truncated/corrupt weights name their file
         import pickle
 
+        if options.long_context is not None:  # the config is read here so the extension applies before the build
+            cfg_cls = resolve_ref(config_class) if config_class is not None else AutoConfig
+            config = cfg_cls.from_pretrained(source.path, trust_remote_code=options.trust_remote_code)
+            apply_long_context(config, source, options)
+            kwargs["config"] = config
         try:
             model = cls.from_pretrained(
                 source.path, dtype=dtype, trust_remote_code=options.trust_remote_code, **kwargs
@@ -195,6 +220,7 @@ def hf_load(
         config = AutoConfig.for_model(**cfg_dict)
     if options.attn_implementation:
         config._attn_implementation = options.attn_implementation
+    apply_long_context(config, source, options)
     if not preset.tiny:
         import warnings
 
@@ -254,6 +280,9 @@ def load_model(source: ModelSource, options: LoadOptions):
     """Run the family's loader; returns ``(model, tokenizer)`` with a pad token set."""
     loader = resolve_ref(source.family.loader)
     model, tokenizer = loader(source, options)
+    if options.long_context is not None and options.long_context.factor != 1.0 and options.long_context_applied is None:
+        raise LmforgeError(f"long_context: the {source.family.name!r} family's loader does not apply it (it must "
+                           "call lmforge.modeling.loading.apply_long_context on the model config)")
     ensure_pad_token(tokenizer, model)
     return model, tokenizer
 
@@ -303,6 +332,7 @@ def load(
     dtype: str = "auto",
     attn_implementation: str | None = None,
     registry=None,
+    long_context=None,
 ):
     """Load ``(model, tokenizer)`` from a preset, a checkpoint directory or an lmforge run directory.
 
@@ -310,6 +340,11 @@ def load(
     a full fine-tune loads its saved checkpoint; an adapter run loads its base
     model and then the method's saved weights. ``adapter`` applies a PEFT adapter
     directory (or run directory) on top. Uses the same family loader as training.
+
+    ``long_context`` (a :class:`~lmforge.config.spec.LongContextSpec` or a ``long_context:``
+    mapping) extends the model's positions on load. A run trained with one needs nothing: a
+    full fine-tune's ``config.json`` carries it, and an adapter run's base is extended again
+    from its ``lmforge.yaml``.
     """
     from lmforge.plugins.registry import get_registry
 
@@ -321,16 +356,21 @@ def load(
         from lmforge.runs.artefacts import check_weight_files
 
         check_weight_files(path_or_preset)
-    model, tokenizer, _ = _load_with_family(path_or_preset, trust_remote_code, dtype, attn_implementation, reg)
+    from lmforge.config.spec import LongContextSpec
+
+    model, tokenizer, _ = _load_with_family(path_or_preset, trust_remote_code, dtype, attn_implementation, reg,
+                                            LongContextSpec.of(long_context))
     if adapter is not None:
         model = apply_adapter(model, adapter, reg)
     model.eval()
     return model, tokenizer
 
 
-def _load_with_family(path_or_preset: str, trust_remote_code: bool, dtype: str, attn: str | None, reg):
+def _load_with_family(path_or_preset: str, trust_remote_code: bool, dtype: str, attn: str | None, reg,
+                      long_context=None):
     run_cfg = read_run_config(path_or_preset) if os.path.isdir(path_or_preset) else None
-    options = LoadOptions(dtype=dtype, attn_implementation=attn, trust_remote_code=trust_remote_code)
+    options = LoadOptions(dtype=dtype, attn_implementation=attn, trust_remote_code=trust_remote_code,
+                          long_context=long_context)
     if run_cfg is None or os.path.isfile(os.path.join(path_or_preset, "config.json")):
         # a checkpoint (possibly a full fine-tune run, which is a checkpoint itself)
         family = (run_cfg or {}).get("family")
@@ -340,6 +380,11 @@ def _load_with_family(path_or_preset: str, trust_remote_code: bool, dtype: str, 
     method_name = (run_cfg.get("peft") or {}).get("method", "full")
     method = reg.peft_method(method_name)
     base = base_model_path(path_or_preset, run_cfg)
+    if options.long_context is None and run_cfg.get("long_context"):
+        # the base model is saved (or named) without the extension the adapter was trained with
+        from lmforge.config.spec import LongContextSpec
+
+        options.long_context = LongContextSpec.of(run_cfg["long_context"])
     source = resolve_model(base, family=run_cfg.get("family"), registry=reg)
     peft_options = {k: v for k, v in (run_cfg.get("peft") or {}).items() if k != "method"}
     if method.model_load_kwargs is not None:
@@ -400,6 +445,6 @@ def family_of_run(run_dir: str, reg=None) -> ModelFamily:
 
 
 __all__ = [
-    "ModelSource", "LoadOptions", "resolve_model", "hf_load", "load_model", "load", "save_model",
+    "ModelSource", "LoadOptions", "resolve_model", "hf_load", "apply_long_context", "load_model", "load", "save_model",
     "ensure_pad_token", "apply_adapter", "torch_dtype", "PluginError",
 ]

@@ -96,7 +96,7 @@ class CapabilityKey(enum.StrEnum):
     GRADIENT_CHECKPOINTING = ("gradient_checkpointing",
                               "gradient_checkpointing: activations are recomputed in the backward pass")
     FLASH_ATTENTION = "flash_attention", "attn_implementation: flash_attention_2"
-    LONG_CONTEXT = "long_context", "sequences beyond the pretraining length (position scaling)", False
+    LONG_CONTEXT = "long_context", "sequences beyond the pretraining length (position scaling)"
 
 
 KEYS: tuple[str, ...] = tuple(k.value for k in CapabilityKey)

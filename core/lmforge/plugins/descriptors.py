@@ -448,6 +448,16 @@ class ModelFamily:
     ``"gradient_checkpointing"``) to a :class:`Capability`; another key makes the
     plugin broken at registration, and a key left out reads as experimental
     ("untested").
+
+    Long context (``long_context:`` in the job config, see docs/long-context.md):
+    ``long_context_methods`` are the ``long_context.method`` values the family accepts
+    (the first is its default, ``method: family``); ``extend_context`` is
+    ``extend(config, lc) -> None``, which changes the transformers config the loader is
+    about to build or load the model with, in place, so the saved ``config.json``
+    carries the extension (``lc``: the frozen
+    :class:`~lmforge.config.spec.LongContextSpec` with ``method`` and
+    ``original_max_position`` resolved). RoPE families on transformers' modeling use
+    :func:`lmforge.modeling.longctx.rope_scaling`.
     """
 
     name: str
@@ -478,6 +488,8 @@ class ModelFamily:
     chat_template: ChatTemplate | None = None
     special_tokens: Mapping[str, str] = field(default_factory=dict)
     capabilities: Mapping[str, Capability] = field(default_factory=dict)
+    long_context_methods: tuple[str, ...] = ()
+    extend_context: str | Callable | None = None
 
     def capability(self, key: str) -> Capability:
         """The family's capability for ``key`` (one of :class:`CapabilityKey`); undeclared keys are untested."""

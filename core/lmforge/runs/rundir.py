@@ -61,7 +61,7 @@ PREPARE_FILES = frozenset({LOCK_FILE, RUN_STATE, RUN_CONFIG, "memory_estimate.js
 TRAJECTORY_KEYS = (
     "model", "family", "dtype", "max_length", "packing", "dynamic_batch", "peft",
     "data.train_file", "data.mix", "data.mix_samples", "data.format", "data.template", "data.train_on_prompt",
-    "data.online_packing",
+    "data.online_packing", "long_context",
     "train.per_device_train_batch_size", "train.gradient_accumulation_steps", "train.seed", "train.data_seed",
     "train.optim", "launcher.nproc_per_node", "launcher.nnodes",
 )
@@ -462,6 +462,21 @@ def _flatten(cfg: Mapping, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _schema_default(key: str) -> Any:
+    """The default of a dotted config key (``None`` for the optional ``long_context`` section), else missing."""
+    from lmforge.config.schema import SCHEMA, Key
+    from lmforge.config.spec import OPTIONAL_SECTIONS
+
+    if key in OPTIONAL_SECTIONS:
+        return None
+    node: Any = SCHEMA
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node.default if isinstance(node, Key) else _MISSING
+
+
 def _same(a: Any, b: Any) -> bool:
     if a == b:
         return True
@@ -492,6 +507,8 @@ def config_differences(saved: Mapping, new: Mapping) -> list[tuple[str, Any, Any
     diffs = []
     for key in sorted(set(a) | set(b)):
         va, vb = a.get(key, _MISSING), b.get(key, _MISSING)
+        # a key one side lacks (a run saved before the key existed) reads as its schema default
+        va, vb = (_schema_default(key) if v is _MISSING else v for v in (va, vb))
         if not _same(va, vb):
             diffs.append((key, va, vb))
     return diffs

@@ -74,6 +74,10 @@ def check_capabilities(spec: JobSpec | Mapping, source: ModelSource, registry) -
             raise CapabilityError(f"packing: the {fam.name!r} family cannot be packed safely: {pk.reason}")
         if pk.status == "experimental":
             log(f"warning: packing on {fam.name!r} is experimental: {pk.reason}")
+    if spec.long_context is not None:
+        from lmforge.modeling.longctx import check
+
+        check(fam, spec.long_context)  # the family and the method, with the family's reason
     for req in method.requires:
         import importlib.util
 

@@ -293,7 +293,8 @@ def _train_in_dir(spec: JobSpec, source: ModelSource, reg, job_data, start) -> T
         raise ConfigError(f"train: {exc}") from None
 
     options = LoadOptions(dtype=spec.model.dtype, attn_implementation=spec.model.attn_implementation,
-                          trust_remote_code=spec.model.trust_remote_code, for_training=True)
+                          trust_remote_code=spec.model.trust_remote_code, for_training=True,
+                          long_context=spec.long_context)
     peft_options = thaw(spec.peft.options)
     if method.model_load_kwargs is not None:
         options.model_kwargs.update(resolve_ref(method.model_load_kwargs)(peft_options))
