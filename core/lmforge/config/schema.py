@@ -85,6 +85,14 @@ SCHEMA: dict[str, Any] = {
                               "of an offline-packed file, one record per row (false; see `lmforge data pack`)"),
     },
     "peft": {"method": Key(str, "full", "the PEFT method (see `lmforge plugins`)")},
+    # long_context: LongLoRA's keys (branch i-longlora); issue 15's config work adds method, factor, ...
+    "long_context": {
+        "shift_attn": Key(bool, False, "train with LongLoRA's shifted sparse attention (S2-Attn) on families whose "
+                          "attention goes through transformers' AttentionInterface; evaluation, generation and the "
+                          "saved model use full attention (see docs/long-context.md)"),
+        "group_size_ratio": Key(float, 0.25, "with shift_attn: the S2-Attn group size as a share of max_length, "
+                                "in (0, 1]"),
+    },
     "train": {},
     "launcher": {
         "name": Key(str, "local", "how processes are started (see `lmforge plugins`)"),

@@ -95,6 +95,14 @@ class PackingSpec:
 
 
 @dataclass(frozen=True)
+class LongContextSpec:
+    """``long_context:`` (LongLoRA's keys; issue 15 adds the position-extension ones)."""
+
+    shift_attn: bool = _key("long_context.shift_attn")
+    group_size_ratio: float = _key("long_context.group_size_ratio")
+
+
+@dataclass(frozen=True)
 class PeftSpec:
     """The PEFT method and its own options (checked against the method's schema)."""
 
@@ -160,6 +168,7 @@ class TrainSpec:
 SECTIONS: dict[str, type] = {
     "model": ModelSpec, "data": DataSpec, "packing": PackingSpec, "peft": PeftSpec, "launcher": LauncherSpec,
     "eval": EvalSpec, "memory": MemorySpec, "run": RunSpec, "train": TrainSpec,
+    "long_context": LongContextSpec,
 }
 
 
@@ -176,6 +185,7 @@ class JobSpec:
     memory: MemorySpec
     run: RunSpec
     train: TrainSpec
+    long_context: LongContextSpec
     config: Mapping[str, Any] = field(repr=False)  # the resolved config, read-only
 
     def to_dict(self) -> dict:
