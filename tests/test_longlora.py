@@ -149,24 +149,30 @@ def test_gradients_flow_through_the_groups():
 # ---------------------------------------------------------------- models
 
 
-@pytest.fixture(scope="module")
-def tiny_llama():
-    model, tokenizer = load_model(resolve_model("tiny-llama"), LoadOptions(dtype="fp32"))
-    return model
-
-
-def test_on_a_model_off_equals_sdpa_and_restores_the_attention(tiny_llama):
-    model = tiny_llama
+@pytest.mark.parametrize("preset", ["tiny-llama", "tiny-glm4", "tiny-minicpm", "tiny-minicpm3"])
+def test_on_a_model_trains_sparse_evaluates_full_and_restores_the_attention(preset, monkeypatch):
+    """LLaMA (GQA), GLM-4 (transformers' Glm), MiniCPM (plugin modeling), MiniCPM3 (MLA: v dim != qk dim)."""
+    model, _ = load_model(resolve_model(preset), LoadOptions(dtype="fp32"))
+    for m in model.modules():  # dropout off: train mode differs from eval mode only by the attention
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if hasattr(m, "attention_dropout"):
+            m.attention_dropout = 0.0
     ids = torch.randint(5, 200, (2, 24), generator=torch.Generator().manual_seed(0))
+    grouped = []
+    real = longlora._grouped_attention
+    monkeypatch.setattr(longlora, "_grouped_attention", lambda q, *a: grouped.append(q.shape) or real(q, *a))
     model.train()
     with torch.no_grad():
         sdpa = model(input_ids=ids).logits
         assert longlora.enable_shift_attn(model, 32) == "sdpa"  # one group covers 24 tokens: full attention
         assert model.config._attn_implementation == longlora.ATTN_NAME
         torch.testing.assert_close(model(input_ids=ids).logits, sdpa, atol=TOL, rtol=TOL)
+        assert not grouped
         longlora.disable_shift_attn(model)
         longlora.enable_shift_attn(model, 8)
         sparse = model(input_ids=ids).logits
+        assert len(grouped) == 2 * model.config.num_hidden_layers  # unshifted and shifted heads, every layer
         model.eval()
         torch.testing.assert_close(model(input_ids=ids).logits, sdpa, atol=TOL, rtol=TOL)  # inference: full
         model.train()
@@ -175,7 +181,6 @@ def test_on_a_model_off_equals_sdpa_and_restores_the_attention(tiny_llama):
     assert (sparse - sdpa).abs().max() > 1e-4
     assert model.config._attn_implementation == "sdpa"
     assert not any(hasattr(m, longlora.GROUP_ATTR) for m in model.modules())
-    model.eval()
 
 
 @pytest.mark.parametrize("preset", ["tiny-bloom", "tiny-chatglm3"])

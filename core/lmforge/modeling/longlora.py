@@ -151,21 +151,35 @@ def _group_masks(mask, length: int, padded: int, group: int, shift: int, device)
 
 
 def _grouped_attention(q, k, v, mask, length: int, group: int, shift: int, dropout: float, scaling):
-    """Attention of ``(B, h, Lp, D)`` tensors within groups of ``group`` tokens, rolled by ``-shift`` first."""
+    """Attention of ``(B, h, Lp, D)`` tensors within groups of ``group`` tokens, rolled by ``-shift`` first.
+
+    Without a padding mask every group but the shifted heads' last (the one that wraps
+    around) is plain causal attention in the rolled order, so only that group gets an
+    explicit mask and the others keep SDPA's causal kernels.
+    """
     import torch
     import torch.nn.functional as F
 
-    batch, heads, padded, dim = q.shape
+    batch, heads, padded, _ = q.shape
     n = padded // group
     if shift:
         q, k, v = (torch.roll(t, -shift, dims=2) for t in (q, k, v))
-    q, k, v = (t.reshape(batch, heads, n, group, dim).transpose(1, 2) for t in (q, k, v))  # (B, n, h, G, D)
-    if mask is None and not shift:
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True)
+    q, k, v = (t.reshape(batch, heads, n, group, t.shape[-1]).transpose(1, 2) for t in (q, k, v))  # (B, n, h, G, D)
+    if mask is None:
+        causal = n if not shift else n - 1  # groups that are causal in the rolled order
+        outs = []
+        if causal:
+            outs.append(F.scaled_dot_product_attention(q[:, :causal], k[:, :causal], v[:, :causal], dropout_p=dropout,
+                                                       scale=scaling, is_causal=True))
+        if causal < n:
+            last = _group_masks(None, length, padded, group, shift, q.device)[causal:]
+            outs.append(F.scaled_dot_product_attention(q[:, causal:], k[:, causal:], v[:, causal:], attn_mask=last,
+                                                       dropout_p=dropout, scale=scaling))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
     else:
         masks = _group_masks(mask, length, padded, group, shift, q.device)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=masks, dropout_p=dropout, scale=scaling)
-    out = out.transpose(1, 2).reshape(batch, heads, padded, dim)
+    out = out.transpose(1, 2).reshape(batch, heads, padded, out.shape[-1])
     return torch.roll(out, shift, dims=2) if shift else out
 
 
@@ -201,8 +215,7 @@ def shift_attention_forward(module, query, key, value, attention_mask, dropout: 
         key, value = repeat_kv(key, heads // key.shape[1]), repeat_kv(value, heads // value.shape[1])
     padded = -(-length // group) * group
     if padded != length:  # padded at the end: after every real token, so causality hides them
-        pad = (0, 0, 0, padded - length)
-        query, key, value = (torch.nn.functional.pad(t, pad) for t in (query, key, value))
+        query, key, value = (torch.nn.functional.pad(t, (0, 0, 0, padded - length)) for t in (query, key, value))
     half = heads // 2  # heads [0, half) unshifted, [half, heads) shifted by G/2 (one head: shifted only)
     parts = [_grouped_attention(query[:, lo:hi], key[:, lo:hi], value[:, lo:hi], attention_mask, length, group,
                                 shift, dropout, scaling)
