@@ -94,7 +94,11 @@ SCHEMA: dict[str, Any] = {
         "factor": Key(float, 2.0, "new context = factor x original_max_position (1 keeps the positions as they are)"),
         "original_max_position": Key((int, str), "auto", "the pretraining context: a number, or auto (the "
                                      "checkpoint's or preset's max positions)"),
-        "shift_attn": Key(bool, False, "LongLoRA's shifted sparse attention during training"),
+        "shift_attn": Key(bool, False, "train with LongLoRA's shifted sparse attention (S2-Attn) on families whose "
+                          "attention goes through transformers' AttentionInterface; evaluation, generation and the "
+                          "saved model use full attention (see docs/long-context.md)"),
+        "group_size_ratio": Key(float, 0.25, "with shift_attn: the S2-Attn group size as a share of max_length, "
+                                "in (0, 1]"),
     },
     "use_long_glm": Key(bool, False, "AntLLM's spelling: long_context {method: family, factor: long_glm_factor}, "
                         "and the job trains at max_length x long_glm_factor"),

@@ -158,6 +158,7 @@ class LongContextSpec:
     factor: float = _key("long_context.factor")
     original_max_position: int | str = _key("long_context.original_max_position")
     shift_attn: bool = _key("long_context.shift_attn")
+    group_size_ratio: float = _key("long_context.group_size_ratio")
 
     @classmethod
     def of(cls, value: "LongContextSpec | Mapping | None") -> "LongContextSpec | None":

@@ -282,6 +282,11 @@ def _train_in_dir(spec: JobSpec, source: ModelSource, reg, job_data, start) -> T
 
     method = reg.peft_method(spec.peft.method)
     targs_kwargs = thaw(spec.train.arguments)  # training_arguments(spec), made once by build_spec
+    from lmforge.modeling import longlora
+
+    # long_context.shift_attn: LongLoRA's S2-Attn while training (None: off); refused with packing or a bad ratio
+    # before any weights load. The group size follows spec.model.max_length, the length the job trains at.
+    s2_group = longlora.check_shift_attn(spec)
     # memory estimate (OUTPUT_DIR/memory_estimate.json); dynamic_batch sets the micro-batch and
     # accumulation here, and a job that cannot fit stops before any weights load
     from lmforge.modeling.memory import plan_for_training
@@ -300,6 +305,10 @@ def _train_in_dir(spec: JobSpec, source: ModelSource, reg, job_data, start) -> T
         options.model_kwargs.update(resolve_ref(method.model_load_kwargs)(peft_options))
     torch.manual_seed(targs.seed)
     model, tokenizer = load_model(source, options)
+    if s2_group is not None:
+        previous = longlora.enable_shift_attn(model, s2_group, source.family.name)
+        log(f"shifted sparse attention (LongLoRA): groups of {s2_group} tokens while training; "
+            f"evaluation, generation and the saved model use {previous}")
     if spec.model.gradient_checkpointing and hasattr(model, "config"):
         model.config.use_cache = False
     ctx = PeftContext(family=source.family, tokenizer=tokenizer, config=spec.config)
@@ -397,6 +406,8 @@ def _train_in_dir(spec: JobSpec, source: ModelSource, reg, job_data, start) -> T
         log(f"eval loss after training: {eval_after:.4f}")
     if packed is not None:
         packed.restore(trainer.model)
+    if s2_group is not None:
+        longlora.disable_shift_attn(trainer.model)  # the saved config.json names the family's own attention
 
     # the final model is staged and moved into place; lmforge_run.json says "complete" only after
     staged = start.staging_dir() if is_main else None
