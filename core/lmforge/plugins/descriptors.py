@@ -430,6 +430,11 @@ class ModelFamily:
     raises :class:`~lmforge.errors.LmforgeError` for variants transformers lacks.
     ``arch_from_config`` maps a
     config dict to :class:`ArchSpec` in pure Python.
+    ``long_context_methods``: the long-context methods the family accepts (the first is the
+    default for ``method: family``).
+    ``extend_context``: ``extend(config, lc) -> None`` (or its ``"module:attr"``), which
+    changes the transformers config in place before the model is built or loaded so that
+    the saved ``config.json`` carries the extension.
     ``capabilities`` maps keys of the closed set
     :class:`~lmforge.plugins.capabilities.CapabilityKey` (PEFT method keys,
     ``"packing"``, ``"long_context"``, ``"flash_attention"``,
@@ -456,6 +461,8 @@ class ModelFamily:
     chat_template: ChatTemplate | None = None
     special_tokens: Mapping[str, str] = field(default_factory=dict)
     capabilities: Mapping[str, Capability] = field(default_factory=dict)
+    long_context_methods: tuple[str, ...] = ()
+    extend_context: str | Callable | None = None
 
     def capability(self, key: str) -> Capability:
         """The family's capability for ``key`` (one of :class:`CapabilityKey`); undeclared keys are untested."""
