@@ -229,7 +229,7 @@ def test_glm_v1_extends_both_channels_roundtrip(monkeypatch, tmp_path):
     assert model.config.max_sequence_length == 128 and stack.position_factor == 2.0
     assert stack.position_embeddings.num_embeddings == 65  # the trained rows, unchanged in shape
     assert stack.block_position_embeddings.num_embeddings == 65
-    n = 120
+    n = 128  # factor x the trained length
     ids = _plain_ids(tok, n)
     pos = torch.stack([torch.arange(n), torch.arange(n) % 7], dim=0)[None]
     mask = torch.ones(1, 1, n, n).tril()
