@@ -4,7 +4,9 @@
 model and the offline tokenizer; a directory is read with lmforge's own classes
 (``config.json`` -> config class, weights by key, tokenizer files by name) even
 when its ``config.json`` carries an ``auto_map`` pointing at THUDM's Python files,
-which are never imported. ``save(model, tokenizer, out_dir)`` writes the layout
+which are never imported. A job's ``long_context`` section is applied to the config
+before the model is built (core's ``apply_long_context``, the family's
+:mod:`llm_plugins_glm.longctx` function), and the keys it sets are saved. ``save(model, tokenizer, out_dir)`` writes the layout
 back: the original ``config.json`` (``model_type``, ``architectures``,
 ``auto_map`` kept), safetensors weights under the released key names, the
 tokenizer files, and the directory's ``*.py`` files copied unchanged so the
