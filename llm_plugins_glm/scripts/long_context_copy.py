@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--ft-steps", type=int, default=150)
     ap.add_argument("--length", type=int, default=16)
     ap.add_argument("--vocab", type=int, default=26, help="token ids 10..vocab-1 are the copied symbols")
+    ap.add_argument("--ft-lr", type=float, default=2e-4)
     ap.add_argument("--every", type=int, default=25, help="fine-tune steps between copy-loss evaluations")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -91,7 +92,7 @@ def main() -> None:
             model.load_state_dict(base.state_dict())
             model.eval()
         before = copy_loss(model, L, args.vocab)
-        curve = train(model, args.ft_steps, L, args.vocab, 1e-3, seed=2, every=args.every)
+        curve = train(model, args.ft_steps, L, args.vocab, args.ft_lr, seed=2, every=args.every)
         print(f"extension {name:4s} (rope_ratio {model.transformer.rotary_pos_emb.rope_ratio:.3f}): copy loss at 2L "
               f"before fine-tune {before:.3f}, every {args.every} steps {curve}")
 
