@@ -93,9 +93,10 @@ CAPABILITIES = {
     "prefix": supported("peft prefix tuning; Bloom's cache now uses the standard (batch, heads, tokens, head_dim) layout"),
     "qlora": experimental("LoRA on 4-bit bitsandbytes weights; not exercised by this plugin's tests"),
     "packing": supported(PACKING_NOTE),
-    "long_context": experimental(
-        "ALiBi has no position table, so sequences longer than the 2,048-token training length run, "
-        "but quality beyond it is not guaranteed"
+    "long_context": supported(
+        "method: family only, a no-op on the weights: ALiBi's linear distance bias has no table and extrapolates, "
+        "so the extension raises seq_length to factor x the trained length (quality beyond the trained length "
+        "comes from ALiBi's extrapolation and any fine-tune at the longer length)"
     ),
     "flash_attention": unsupported(
         "transformers' Bloom attention is eager only (the ALiBi bias is added to the raw scores); "
@@ -118,6 +119,8 @@ BLOOM = ModelFamily(
     chat_template=BLOOM_TEMPLATE,
     special_tokens={"bos": "<s>", "eos": "</s>", "unk": "<unk>", "pad": "<pad>"},
     capabilities=CAPABILITIES,
+    long_context_methods=("family",),
+    extend_context="llm_plugins_bloom.loader:extend",
 )
 
 

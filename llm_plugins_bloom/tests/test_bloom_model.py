@@ -169,5 +169,6 @@ def test_unipelt_is_refused_before_loading_with_the_reason(data_files):
 def test_every_supported_claim_is_covered():
     caps = _family().capabilities
     claimed = {k for k, c in caps.items() if c.status == SUPPORTED}
-    # full/lora/prefix: test_bloom_training.py; packing and gradient_checkpointing: above
-    assert claimed == {"full", "lora", "prefix", "packing", "gradient_checkpointing"}
+    # full/lora/prefix: test_bloom_training.py; packing and gradient_checkpointing: above;
+    # long_context: test_bloom_long_context.py
+    assert claimed == {"full", "lora", "prefix", "packing", "gradient_checkpointing", "long_context"}

@@ -96,11 +96,15 @@ CPMANT = ModelFamily(
         "packing": unsupported(
             "CPM-Ant builds its attention mask and position bias from the token ids and ignores position_ids, "
             "so packed samples would attend to each other"),
-        "long_context": experimental("relative-position buckets saturate beyond position_bias_max_distance (2,048)"),
+        "long_context": supported(
+            "method: family raises position_bias_max_distance (relative-position buckets saturate beyond it) to "
+            "factor x the original, spreading the same buckets over the longer range"),
         "flash_attention": unsupported(
             "CPM-Ant's attention adds a bucketed position bias inside its own eager implementation"),
         "gradient_checkpointing": unsupported("transformers' CPM-Ant layers do not implement gradient checkpointing"),
     },
+    long_context_methods=("family",),
+    extend_context="llm_plugins_cpm.cpmant_longctx:extend",
 )
 
 

@@ -3,7 +3,9 @@
 They read the released ``config.json`` files unchanged (same keys, same defaults
 as THUDM's configuration files) and add a few derived attributes that generic
 tooling looks for (``num_hidden_layers``, ``vocab_size``, ``num_key_value_heads``).
-Derived keys are listed in :data:`DERIVED_KEYS` and never written back to disk.
+Derived keys are listed in :data:`DERIVED_KEYS` and never written back to disk;
+the long-context keys in :data:`LONG_CONTEXT_KEYS` are written only when set
+(:mod:`llm_plugins_glm.longctx`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from transformers import PreTrainedConfig
 # attributes computed here (or set by the loader) that are not part of the released config.json
 DERIVED_KEYS = frozenset({"num_key_value_heads", "head_dim", "sop_token_id", "eop_token_id", "mask_token_ids",
                           "gmask_token_id_v1", "lmforge_variant"})
+# keys a long_context extension sets; the saver writes them when they differ from the class default
+LONG_CONTEXT_KEYS = ("rope_ratio", "seq_length", "max_sequence_length", "position_interpolation_factor",
+                     "original_max_sequence_length")
 
 
 class GLMConfig(PreTrainedConfig):
@@ -31,7 +36,8 @@ class GLMConfig(PreTrainedConfig):
                  max_sequence_length=512, checkpoint_activations=False, checkpoint_num_layers=1,
                  parallel_output=True, relative_encoding=False, block_position_encoding=True, output_predict=False,
                  spell_length=None, spell_func="lstm", attention_scale=1.0, initializer_range=0.02,
-                 pool_token="cls", sop_token_id=None, mask_token_ids=None, use_cache=True, **kwargs):
+                 pool_token="cls", sop_token_id=None, mask_token_ids=None, use_cache=True,
+                 position_interpolation_factor=1.0, original_max_sequence_length=None, **kwargs):
         self.num_layers = num_layers
         self.use_cache = use_cache
         self.vocab_size = vocab_size
@@ -54,6 +60,10 @@ class GLMConfig(PreTrainedConfig):
         self.pool_token = pool_token
         self.sop_token_id = sop_token_id
         self.mask_token_ids = list(mask_token_ids) if mask_token_ids else None
+        # long context (lmforge's keys, see llm_plugins_glm.longctx): positions are read at p / factor, and the
+        # learned tables keep original_max_sequence_length (+1) trained rows (None: max_sequence_length)
+        self.position_interpolation_factor = position_interpolation_factor
+        self.original_max_sequence_length = original_max_sequence_length
         kwargs.setdefault("tie_word_embeddings", True)
         super().__init__(**kwargs)
 
@@ -68,7 +78,8 @@ class ChatGLMConfig(PreTrainedConfig):
                  layernorm_epsilon=1e-5, use_cache=False, bos_token_id=150004, eos_token_id=150005,
                  mask_token_id=150000, gmask_token_id=150001, pad_token_id=0, max_sequence_length=2048,
                  inner_hidden_size=16384, position_encoding_2d=True, quantization_bit=0, pre_seq_len=None,
-                 prefix_projection=False, **kwargs):
+                 prefix_projection=False, position_interpolation_factor=1.0, original_max_sequence_length=None,
+                 **kwargs):
         self.num_layers = num_layers
         self.vocab_size = vocab_size
         self.num_attention_heads = num_attention_heads
@@ -86,6 +97,9 @@ class ChatGLMConfig(PreTrainedConfig):
         self.quantization_bit = quantization_bit
         self.pre_seq_len = pre_seq_len
         self.prefix_projection = prefix_projection
+        # long context (lmforge's keys, see llm_plugins_glm.longctx): both rotary channels read p / factor
+        self.position_interpolation_factor = position_interpolation_factor
+        self.original_max_sequence_length = original_max_sequence_length
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs)
 

@@ -4,7 +4,9 @@
 model and the offline tokenizer; a directory is read with lmforge's own classes
 (``config.json`` -> config class, weights by key, tokenizer files by name) even
 when its ``config.json`` carries an ``auto_map`` pointing at THUDM's Python files,
-which are never imported. ``save(model, tokenizer, out_dir)`` writes the layout
+which are never imported. A job's ``long_context`` section is applied to the config
+before the model is built (core's ``apply_long_context``, the family's
+:mod:`llm_plugins_glm.longctx` function), and the keys it sets are saved. ``save(model, tokenizer, out_dir)`` writes the layout
 back: the original ``config.json`` (``model_type``, ``architectures``,
 ``auto_map`` kept), safetensors weights under the released key names, the
 tokenizer files, and the directory's ``*.py`` files copied unchanged so the
@@ -23,7 +25,7 @@ import warnings
 from lmforge.errors import LmforgeError
 from lmforge.modeling.loading import LoadOptions, ModelSource, torch_dtype
 
-from .configuration import DERIVED_KEYS
+from .configuration import DERIVED_KEYS, LONG_CONTEXT_KEYS
 from .plugin import detect_variant
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -108,6 +110,15 @@ def _config_kwargs(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in skip}
 
 
+def _apply_long_context(cfg, source: ModelSource, options: LoadOptions) -> None:
+    """The job's ``long_context`` section on the config about to build the model (core's ``apply_long_context``)."""
+    try:
+        from lmforge.modeling.loading import apply_long_context
+    except ImportError:  # core without long-context support (before i-lc-core is merged): nothing to apply
+        return
+    apply_long_context(cfg, source, options)
+
+
 def _check_supported(config: dict, where: str) -> None:
     if config.get("quantization_bit"):
         raise LmforgeError(f"{where}: quantization_bit={config['quantization_bit']} checkpoints (THUDM int4/int8 "
@@ -162,6 +173,7 @@ def load(source: ModelSource, options: LoadOptions):
         if variant == "chatglm2":
             _warn_variant_mismatch(source.path, variant, tokenizer)
         cfg = cfg_cls(**_config_kwargs(config))
+        _apply_long_context(cfg, source, options)
         kwargs = {k: v for k, v in options.model_kwargs.items() if k != "attn_implementation"}
         model = model_cls.from_pretrained(source.path, config=cfg, dtype=dtype, **kwargs)
     else:
@@ -174,6 +186,7 @@ def load(source: ModelSource, options: LoadOptions):
             raise LmforgeError(f"preset {preset.name!r} has no weights or tokenizer; it only carries the "
                                "published architecture numbers (for `lmforge estimate`)")
         cfg = cfg_cls(**_config_kwargs(config))
+        _apply_long_context(cfg, source, options)
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(preset.seed)
@@ -230,6 +243,11 @@ def _released_config(model) -> dict:
     for key in DERIVED_KEYS:
         if original is None or key not in original:
             out.pop(key, None)
+    if original is not None:  # a long_context extension sets keys the released config may lack
+        defaults = type(model.config)().to_dict()
+        for key in LONG_CONTEXT_KEYS:
+            if key not in out and key in current and current[key] != defaults.get(key):
+                out[key] = current[key]
     dtype = str(model.dtype).replace("torch.", "")
     if "dtype" in out and "torch_dtype" not in out:
         out["dtype"] = dtype

@@ -18,7 +18,8 @@ receives ``num_layers``, so 28 holds for every size), fused per-head QKV, 2D rot
 embeddings (first half of each head rotated by the position, second half by the
 block position; ``inv_freq`` rounded to fp16 as released), query scaled by
 ``1 / (sqrt(d) * (layer + 1))`` and scores re-multiplied by ``layer + 1`` in fp32,
-masked with -10000, tanh-GELU MLP. Positions and the prefix (context) attention
+masked with -10000, tanh-GELU MLP. Long context: ``position_interpolation_factor``
+(lmforge's config key) rotates both channels by ``position / factor``; 1 is the release. Positions and the prefix (context) attention
 are built from ``input_ids``: the context is everything before ``<sop>``
 (``bos_token_id``); from ``<sop>`` on, tokens sit at the ``[gMASK]`` (else ``[MASK]``)
 position with block positions 1, 2, ...
@@ -57,9 +58,10 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 class RotaryEmbedding(nn.Module):
     """Rotary tables for ``dim`` channels; ``inv_freq`` is rounded to fp16 like the released module."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, factor: float = 1.0):
         super().__init__()
         self.dim = dim
+        self.factor = float(factor)  # position interpolation (long context): positions are read as p / factor
         self.register_buffer("inv_freq", self.default_inv_freq(dim), persistent=True)
 
     @staticmethod
@@ -68,7 +70,10 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype):
         """``[B, L]`` positions -> ``cos, sin`` of shape ``[B, L, 1, dim]``."""
-        freqs = position_ids.to(self.inv_freq.dtype)[..., None] * self.inv_freq
+        positions = position_ids.to(self.inv_freq.dtype)
+        if self.factor != 1.0:
+            positions = positions / self.factor
+        freqs = positions[..., None] * self.inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype).unsqueeze(2), emb.sin().to(dtype).unsqueeze(2)
 
@@ -81,7 +86,8 @@ class SelfAttention(nn.Module):
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.hidden_size = config.hidden_size
         self.position_encoding_2d = config.position_encoding_2d
-        self.rotary_emb = RotaryEmbedding(self.head_dim // 2 if config.position_encoding_2d else self.head_dim)
+        self.rotary_emb = RotaryEmbedding(self.head_dim // 2 if config.position_encoding_2d else self.head_dim,
+                                          factor=getattr(config, "position_interpolation_factor", None) or 1.0)
         self.query_key_value = nn.Linear(config.hidden_size, 3 * self.num_heads * self.head_dim, bias=True)
         self.dense = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=True)
 

@@ -10,6 +10,10 @@ State-dict keys and shapes are those of THUDM's HF release (``GLMForConditionalG
     glm.transformer.layers.N.mlp.{dense_h_to_4h,dense_4h_to_h}.{weight,bias}
     glm.transformer.final_layernorm.{weight,bias}
 
+Long context: ``position_interpolation_factor`` (lmforge's config key) reads both
+tables at ``position / factor`` (:func:`interpolated_embedding`), the tables keeping
+``original_max_sequence_length`` trained rows; 1 (the default) is the released lookup.
+
 The computation is the released one: learned absolute position embeddings plus
 block position embeddings, pre-LN blocks (LayerNorm eps 1e-5), fused QKV split
 into three contiguous thirds, scores ``q @ (k^T / sqrt(d))`` multiplied by the
@@ -108,12 +112,29 @@ class GLMBlock(GradientCheckpointingLayer):
         return layernorm_input + self.mlp(self.post_attention_layernorm(layernorm_input))
 
 
+def interpolated_embedding(table: nn.Embedding, positions: torch.Tensor, factor: float) -> torch.Tensor:
+    """Rows of a learned position table at ``positions / factor`` (position interpolation, long context).
+
+    Fractional positions mix the two neighbouring trained rows linearly; ``factor`` 1 is the plain lookup.
+    """
+    if factor == 1.0:
+        return table(positions)
+    x = positions.to(torch.float32) / factor
+    last = table.num_embeddings - 1
+    lo = x.floor().long().clamp(0, last)
+    hi = (lo + 1).clamp(max=last)
+    w = (x - lo.to(torch.float32)).clamp(0, 1).unsqueeze(-1).to(table.weight.dtype)
+    return table(lo) * (1 - w) + table(hi) * w
+
+
 class GLMStack(nn.Module):
     def __init__(self, config: GLMConfig):
         super().__init__()
         if config.relative_encoding:
             raise NotImplementedError("GLM checkpoints with relative_encoding: true are not supported")
-        n_pos = config.max_sequence_length + 1 if config.block_position_encoding else config.max_sequence_length
+        trained = getattr(config, "original_max_sequence_length", None) or config.max_sequence_length
+        n_pos = trained + 1 if config.block_position_encoding else trained
+        self.position_factor = float(getattr(config, "position_interpolation_factor", None) or 1.0)
         self.embedding_dropout = nn.Dropout(config.embedding_dropout_prob)
         self.position_embeddings = nn.Embedding(n_pos, config.hidden_size)
         self.block_position_encoding = config.block_position_encoding
@@ -194,9 +215,10 @@ class GLMModel(GLMPreTrainedModel):
         past = cache_length(past_key_values)
         mask, position_ids = self._attention(attention_mask, input_ids, bsz, length, past, device, position_ids)
         stack = self.transformer
-        hidden = inputs_embeds + stack.position_embeddings(position_ids[:, 0])
+        factor = stack.position_factor
+        hidden = inputs_embeds + interpolated_embedding(stack.position_embeddings, position_ids[:, 0], factor)
         if stack.block_position_encoding:
-            hidden = hidden + stack.block_position_embeddings(position_ids[:, 1])
+            hidden = hidden + interpolated_embedding(stack.block_position_embeddings, position_ids[:, 1], factor)
         hidden = stack.embedding_dropout(hidden)
         return run_layers(stack.layers, hidden,
                           lambda layer, h: layer(h, mask, past_key_values=past_key_values, use_cache=use_cache),

@@ -28,6 +28,11 @@ LOADER = "llm_plugins_glm.loader:load"
 SAVER = "llm_plugins_glm.loader:save"
 EXPORTER = "llm_plugins_glm.convert:export_transformers"
 ENCODER = "llm_plugins_glm.encoder:GLMEncoder"
+LONGCTX = "llm_plugins_glm.longctx"
+# long_context methods (llm_plugins_glm.longctx; the first is `method: family`); plain data so listing stays torch-free
+CHATGLM2_METHODS = ("ntk",)
+GLM4_METHODS = ("ntk", "linear", "dynamic", "yarn", "llama3")
+BLOCK_POSITION_METHODS = ("linear",)
 
 
 # ------------------------------------------------------------------ recognition
@@ -354,8 +359,11 @@ GLM = ModelFamily(
                     "gmask": "[gMASK]", "smask": "[sMASK]", "mask": "[MASK]"},
     capabilities=_caps(
         packing=_PACKING_2D, prompt=_VIRTUAL_TOKENS_2D, ptuning=_VIRTUAL_TOKENS_2D,
-        long_context=unsupported("learned absolute position embeddings: max_sequence_length is fixed"),
+        long_context=supported("position interpolation of both block-position channels: the learned tables are "
+                               "read at position / factor (linear interpolation between trained rows)"),
     ),
+    long_context_methods=BLOCK_POSITION_METHODS,
+    extend_context=f"{LONGCTX}:extend_block_positions",
 )
 
 CHATGLM = ModelFamily(
@@ -373,8 +381,10 @@ CHATGLM = ModelFamily(
     special_tokens={"bos": "<sop>", "eos": "<eop>", "gmask": "[gMASK]", "mask": "[MASK]", "pad": "<pad>"},
     capabilities=_caps(
         packing=_PACKING_2D, prompt=_VIRTUAL_TOKENS_2D, ptuning=_VIRTUAL_TOKENS_2D,
-        long_context=unsupported("trained for 2048 positions (max_sequence_length); no position scaling"),
+        long_context=supported("position interpolation of both 2D rotary channels (position / factor)"),
     ),
+    long_context_methods=BLOCK_POSITION_METHODS,
+    extend_context=f"{LONGCTX}:extend_block_positions",
 )
 
 CHATGLM2 = ModelFamily(
@@ -392,8 +402,10 @@ CHATGLM2 = ModelFamily(
     special_tokens={"gmask": "[gMASK]", "sop": "sop", "eos": "</s>", "pad": "<unk>"},
     capabilities=_caps(
         packing=_PACKING_1D,
-        long_context=supported("rope_ratio scales the rotary base (the -32k checkpoints); SDPA attention"),
+        long_context=supported("rope_ratio scales the rotary base (the -32k checkpoints' mechanism): method ntk"),
     ),
+    long_context_methods=CHATGLM2_METHODS,
+    extend_context=f"{LONGCTX}:extend_chatglm2",
 )
 
 CHATGLM3 = ModelFamily(
@@ -412,8 +424,10 @@ CHATGLM3 = ModelFamily(
                     "assistant": "<|assistant|>", "observation": "<|observation|>"},
     capabilities=_caps(
         packing=_PACKING_1D,
-        long_context=supported("rope_ratio scales the rotary base (chatglm3-6b-32k/-128k); SDPA attention"),
+        long_context=supported("rope_ratio scales the rotary base (chatglm3-6b-32k's mechanism): method ntk"),
     ),
+    long_context_methods=CHATGLM2_METHODS,
+    extend_context=f"{LONGCTX}:extend_chatglm2",
 )
 
 GLM4 = ModelFamily(
@@ -434,10 +448,13 @@ GLM4 = ModelFamily(
                     "user": "<|user|>", "assistant": "<|assistant|>", "observation": "<|observation|>"},
     capabilities=_caps(
         packing=_PACKING_1D,
-        long_context=supported("128k positions (rope_ratio 500 / rope_theta); SDPA attention"),
+        long_context=supported("THUDM layout: rope_ratio (method ntk only); transformers' layout: transformers' "
+                               "RoPE scaling (ntk, linear, dynamic, yarn, llama3)"),
         flash_attention=experimental("HF layout only (transformers' GlmForCausalLM, CUDA); the original layout "
                                      "uses SDPA"),
     ),
+    long_context_methods=GLM4_METHODS,
+    extend_context=f"{LONGCTX}:extend_glm4",
 )
 
 FAMILIES = (GLM, CHATGLM, CHATGLM2, CHATGLM3, GLM4)

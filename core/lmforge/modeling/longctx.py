@@ -111,7 +111,9 @@ def resolve(lc: LongContextSpec, config: Any, family=None) -> LongContextSpec:
         method = methods[0]
     orig = lc.original_max_position
     if orig in (None, "auto"):
-        orig = max_positions(config)
+        # a relative-bias model (CPM-Ant) declares no max positions, only the distance its buckets span:
+        # that is what an extension scales, so it is its "original" here (not a serving window: see window())
+        orig = max_positions(config) or _get(config, "position_bias_max_distance")
         if orig is None:
             raise ConfigError("long_context.original_max_position: auto, but the model config declares no max "
                               f"positions ({', '.join(POSITION_KEYS)}); set it to a number")
