@@ -83,7 +83,9 @@ def deepspeed_bytes(tmp_path_factory):
     with socket.socket() as sock:  # a free port for the rendezvous (other jobs may share this machine)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = dict(os.environ, ZERO_TEST_PORT=str(port), OMP_NUM_THREADS="1")
+    here = os.path.dirname(os.path.abspath(__file__))  # the worker imports tests/estimator_measure.py
+    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, ZERO_TEST_PORT=str(port), OMP_NUM_THREADS="1", PYTHONPATH=path)
     r = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=600, env=env)
     if r.returncode != 0:
         pytest.fail(f"DeepSpeed worker failed:\n{r.stderr[-3000:]}")

@@ -7,7 +7,6 @@ torch; commands that need it import it inside their bodies.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
