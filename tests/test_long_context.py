@@ -24,8 +24,7 @@ THETA, ORIG = 10000.0, 32
 def lc(method="linear", factor=2.0, orig=ORIG, shift_attn=False):
     from lmforge.config.spec import LongContextSpec
 
-    return LongContextSpec(method=method, factor=factor, original_max_position=orig, shift_attn=shift_attn,
-                           group_size_ratio=0.25)
+    return LongContextSpec(method=method, factor=factor, original_max_position=orig, shift_attn=shift_attn)
 
 
 def llama_config(**extra):

@@ -6,7 +6,6 @@ runs and generates past its trained length, and its saved config reloads to the 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -14,16 +13,10 @@ import torch
 
 from lmforge.errors import CapabilityError
 from lmforge.modeling.loading import LoadOptions, load_model, resolve_model
+from lmforge.config.spec import LongContextSpec
 
 
-@dataclasses.dataclass(frozen=True)
-class LC:
-    """A resolved ``long_context`` section (the fields of core's LongContextSpec)."""
-
-    method: str
-    factor: float
-    original_max_position: int
-    shift_attn: bool = False
+LC = LongContextSpec  # a resolved long_context section, built by hand
 
 
 def _extended(seq_length: int, factor: float):

@@ -4,7 +4,6 @@ generates past the original distance, and the saved config reloads to the same l
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -12,16 +11,10 @@ import torch
 
 from lmforge.errors import CapabilityError
 from lmforge.modeling.loading import LoadOptions, load_model, resolve_model
+from lmforge.config.spec import LongContextSpec
 
 
-@dataclasses.dataclass(frozen=True)
-class LC:
-    """A resolved ``long_context`` section (the fields of core's LongContextSpec)."""
-
-    method: str
-    factor: float
-    original_max_position: int
-    shift_attn: bool = False
+LC = LongContextSpec  # a resolved long_context section, built by hand
 
 
 def _config(lc: LC | None = None):
@@ -106,12 +99,10 @@ def test_forward_and_generate_beyond_and_roundtrip(tmp_path):
 
 
 def test_auto_original_is_the_bucket_distance():
-    from lmforge.config.spec import LongContextSpec
     from lmforge.modeling.longctx import resolve
     from lmforge.plugins.registry import get_registry
 
     fam = get_registry().family("cpmant")
-    lc = LongContextSpec(method="family", factor=2.0, original_max_position="auto", shift_attn=False,
-                         group_size_ratio=0.25)
+    lc = LongContextSpec(method="family", factor=2.0, original_max_position="auto")
     got = resolve(lc, {"model_type": "cpmant", "position_bias_max_distance": 2048}, fam)
     assert got.original_max_position == 2048  # CPM-Ant declares no max positions, only the bucket distance

@@ -12,17 +12,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 
 import torch
 
-
-@dataclasses.dataclass(frozen=True)
-class LC:
-    method: str
-    factor: float
-    original_max_position: int
-    shift_attn: bool = False
+from lmforge.config.spec import LongContextSpec as LC
 
 
 def batch(n: int, half: int, vocab: int, g: torch.Generator):

@@ -16,16 +16,10 @@ import torch
 from lmforge.errors import CapabilityError
 from lmforge.modeling.loading import LoadOptions, ModelSource, resolve_model
 from lmforge.plugins.descriptors import resolve_ref
+from lmforge.config.spec import LongContextSpec
 
 
-@dataclasses.dataclass(frozen=True)
-class LC:
-    """A resolved ``long_context`` section (the fields of core's LongContextSpec)."""
-
-    method: str
-    factor: float
-    original_max_position: int
-    shift_attn: bool = False
+LC = LongContextSpec  # a resolved long_context section, built by hand
 
 
 def _source(preset_name: str, **config_over) -> ModelSource:

@@ -33,9 +33,10 @@ from lmforge.config.schema import SCHEMA, validate
 _REST = "*"  # a field holding the rest of its section: the options a plugin defines, or train:
 
 
-def _key(path: str) -> Any:
-    """A section field read from the resolved config at the dotted ``path`` (``section.*``: the rest)."""
-    return field(metadata={"key": path})
+def _key(path: str, **default: Any) -> Any:
+    """A section field read from the resolved config at the dotted ``path`` (``section.*``: the rest);
+    ``default=`` only where building the section by hand (tests, ``Completion``) may leave it out."""
+    return field(metadata={"key": path}, **default)
 
 
 def freeze(value: Any) -> Any:
@@ -157,8 +158,8 @@ class LongContextSpec:
     method: str = _key("long_context.method")
     factor: float = _key("long_context.factor")
     original_max_position: int | str = _key("long_context.original_max_position")
-    shift_attn: bool = _key("long_context.shift_attn")
-    group_size_ratio: float = _key("long_context.group_size_ratio")
+    shift_attn: bool = _key("long_context.shift_attn", default=False)
+    group_size_ratio: float = _key("long_context.group_size_ratio", default=0.25)
 
     @classmethod
     def of(cls, value: "LongContextSpec | Mapping | None") -> "LongContextSpec | None":
