@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -17,7 +18,8 @@ LORA_RUN_FILES = {"adapter_config.json", "adapter_model.safetensors", "base_mode
                   "lmforge_run.json", ".lmforge.lock"}  # the last two: the run state and its lock (rundir.py)
 
 
-def run(tmp_path, *extra):
+def run(tmp_path, *extra, **train):
+    """A tiny LoRA run with a validation file through the CLI; ``train`` overrides the ``train:`` section."""
     out = tmp_path / "run"
     cfg = tmp_path / "job.yaml"
     cfg.write_text(yaml.safe_dump({
@@ -26,7 +28,7 @@ def run(tmp_path, *extra):
                  "valid_file": os.path.join(REPO, "examples", "data", "valid.jsonl"), "max_valid_examples": 8},
         "peft": {"method": "lora"},
         "train": {"max_steps": 2, "eval_steps": 1, "logging_steps": 1, "save_steps": 2,
-                  "per_device_train_batch_size": 4, "disable_tqdm": True}}))
+                  "per_device_train_batch_size": 4, "disable_tqdm": True, **train}}))
     env = {k: v for k, v in os.environ.items() if k not in ("LMFORGE_VERBOSE", "DS_ACCELERATOR", "PYTHONWARNINGS")}
     env["OMP_NUM_THREADS"] = "1"
     res = subprocess.run([sys.executable, "-m", "lmforge.cli", "train", str(cfg), *extra], capture_output=True,
@@ -48,3 +50,37 @@ def test_verbose_shows_the_library_warnings(tmp_path):
     res, _ = run(tmp_path, "--verbose")
     text = res.stdout + res.stderr
     assert "FutureWarning" in text or "Setting accelerator to CPU" in text, text[-2000:]
+
+
+# One progress bar on stderr: eval bars do not interleave with the training bar unless --verbose.
+# A run with a validation file evaluates before training and at every step; tqdm's bars on a
+# captured stderr are \r-separated updates. The training bar counts to max_steps (3), an evaluation
+# bar to its batches (8 records / 2 = 4), so every update names its bar. The evaluations before and
+# after training keep their bars.
+BAR = re.compile(r"\| *(\d+)/(\d+) \[")  # a tqdm update: "...| 2/3 [00:01<00:00, ...]"
+
+
+def bar_totals(tmp_path, *extra) -> list[int]:
+    """The totals of the bar updates on the run's stderr, in order (3: training bar, 4: an evaluation bar)."""
+    res, _ = run(tmp_path, *extra, max_steps=3, save_strategy="no", per_device_train_batch_size=2,
+                 per_device_eval_batch_size=2, disable_tqdm=False)
+    return [int(m.group(2)) for m in BAR.finditer(res.stderr)]
+
+
+def training_span(totals: list[int]) -> tuple[int, int]:
+    """Indices of the first and one past the last training-bar update."""
+    return totals.index(3), len(totals) - totals[::-1].index(3)
+
+
+def test_no_eval_bar_inside_the_training_bar(tmp_path):
+    totals = bar_totals(tmp_path)
+    first, end = training_span(totals)
+    assert set(totals[:first]) == {4}  # the eval before training keeps its own (finished) bar
+    assert set(totals[first:end]) == {3}, totals  # only the training bar, though 3 evaluations ran inside it
+    assert 4 in totals[end:]  # and the eval after training its own
+
+
+def test_verbose_shows_the_eval_bars(tmp_path):
+    totals = bar_totals(tmp_path, "--verbose")
+    first, end = training_span(totals)
+    assert 4 in totals[first:end], totals  # transformers' own behaviour: eval bars inside the training bar
