@@ -13,6 +13,8 @@ import pytest
 
 from lmforge.plugins.descriptors import BOS, EOS, ChatTemplate, Message, Special
 
+pytestmark = pytest.mark.latest  # also run by `make test-latest` (newest transformers/peft)
+
 CONVERSATIONS = [
     [Message("user", "What is 3 plus 4?")],
     [Message("system", "You are terse."), Message("user", "小明有5个苹果"), Message("assistant", "好的 5"),

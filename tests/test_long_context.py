@@ -16,6 +16,8 @@ import torch
 
 from lmforge.errors import CapabilityError, ConfigError, LmforgeError
 
+pytestmark = pytest.mark.latest  # also run by `make test-latest` (newest transformers/peft)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(REPO, "examples", "data", "train.jsonl")
 THETA, ORIG = 10000.0, 32

@@ -22,6 +22,8 @@ from lmforge.errors import CapabilityError, ConfigError
 from lmforge.modeling import longlora
 from lmforge.modeling.loading import LoadOptions, load_model, resolve_model
 
+pytestmark = pytest.mark.latest  # also run by `make test-latest` (newest transformers/peft)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "examples", "data", "train.jsonl")
 VALID = os.path.join(ROOT, "examples", "data", "valid.jsonl")

@@ -15,6 +15,8 @@ from lmforge.errors import CapabilityError
 from lmforge.modeling.loading import LoadOptions, load_model, resolve_model
 from lmforge.config.spec import LongContextSpec
 
+pytestmark = pytest.mark.latest  # also run by `make test-latest` (newest transformers/peft)
+
 
 LC = LongContextSpec  # a resolved long_context section, built by hand
 

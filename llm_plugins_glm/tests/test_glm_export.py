@@ -16,6 +16,8 @@ from click.testing import CliRunner
 
 from glm_testing import PRESET, PROMPTS, encoder_for, generate_ids, load_preset
 
+pytestmark = pytest.mark.latest  # also run by `make test-latest` (newest transformers/peft)
+
 EXPORTED = ["chatglm2", "chatglm3", "glm4"]
 # plain text: Chinese, English, digits, runs of spaces/newlines/tabs, emoji, word commands inside words
 CORPUS = ["Hello world", "小明有5个苹果，又买了3个。现在有几个？", "What is 7 times 6?\nAnswer briefly.",

@@ -18,6 +18,8 @@ from lmforge.modeling.loading import LoadOptions, ModelSource, resolve_model
 from lmforge.plugins.descriptors import resolve_ref
 from lmforge.config.spec import LongContextSpec
 
+pytestmark = pytest.mark.latest  # also run by `make test-latest` (newest transformers/peft)
+
 
 LC = LongContextSpec  # a resolved long_context section, built by hand
 
